@@ -1,0 +1,24 @@
+"""`python -m transformer`: list the command-line programs."""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {
+    "transformer-train": "train a model from a YAML config into a run directory",
+    "transformer-translate": "translate text with a trained run directory",
+    "transformer-evaluate": "translate a test set and score it with sacreBLEU (BLEU, chrF)",
+    "transformer-average": "average the parameters of several checkpoints",
+}
+
+
+def main() -> int:
+    """Print the commands this package installs."""
+    lines = ["usage: <command> --help", "", "commands:"]
+    lines += [f"  {name:<24}{text}" for name, text in COMMANDS.items()]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Command-line programs: the only place that touches argv, stdout, stderr and exit codes."""

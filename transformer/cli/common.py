@@ -1,0 +1,34 @@
+"""What every command shares: logging setup and turning user errors into one-line exits."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from transformer.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr: INFO (or DEBUG) for our package, warnings for everything else."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("transformer").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def run_command(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run `main(argv)`; a `UserError` becomes `error: ...` on stderr and exit code 2."""
+    try:
+        return main(argv)
+    except UserError as error:
+        sys.stderr.write(f"error: {error}\n")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return EXIT_INTERRUPTED

@@ -1,0 +1,440 @@
+"""Typed configuration: one dataclass per concern, loaded from YAML and validated.
+
+The YAML file mirrors the dataclasses 1:1::
+
+    model:      ModelConfig       the network's shape
+    tokenizer:  TokenizerConfig   SentencePiece training or an existing model
+    data:       DataConfig        where the corpora are and how they are filtered
+    training:   TrainingConfig    optimisation, schedule, batching, checkpoints
+    decoding:   DecodingConfig    greedy / beam search settings
+
+Unknown keys, wrong types and impossible values raise `ConfigError`, whose message names
+the file and the dotted key (with a "did you mean" suggestion for typos).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from transformer.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """An invalid configuration value; `key` is the dotted name of the offending setting."""
+
+    def __init__(self, key: str, message: str, source: str | None = None) -> None:
+        self.key = key
+        self.message = message
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{key}: {message}" if key else f"{where}{message}")
+
+    def located(self, prefix: str = "", source: str | None = None) -> ConfigError:
+        """The same error with its key prefixed by a section name and a source file."""
+        key = f"{prefix}.{self.key}" if prefix and self.key else (prefix or self.key)
+        return ConfigError(key, self.message, source or self.source)
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(key, f"must be one of {', '.join(allowed)} (got {value!r})")
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(key, f"must be {bound} (got {value})")
+
+
+def _probability(key: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(key, f"must be in [0, 1) (got {value})")
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the encoder-decoder Transformer (the paper's base model by default)."""
+
+    src_vocab_size: int | None = None  # None: taken from the tokenizer
+    tgt_vocab_size: int | None = None
+    d_model: int = 512
+    num_heads: int = 8
+    d_ff: int = 2048
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation: str = "relu"
+    norm_position: str = "post"
+    positional_encoding: str = "sinusoidal"
+    max_positions: int = 1024
+    tie_output_embeddings: bool = True
+    share_embeddings: bool = False
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("src_vocab_size", "tgt_vocab_size"):
+            value = getattr(self, name)
+            if value is not None:
+                _positive(name, value)
+        for name in ("d_model", "num_heads", "d_ff", "num_encoder_layers", "max_positions"):
+            _positive(name, getattr(self, name))
+        _positive("num_decoder_layers", self.num_decoder_layers)
+        if self.d_model % self.num_heads != 0:
+            raise ConfigError(
+                "d_model",
+                f"must be divisible by num_heads ({self.d_model} % {self.num_heads} != 0)",
+            )
+        _probability("dropout", self.dropout)
+        _probability("attention_dropout", self.attention_dropout)
+        _choice("activation", self.activation, ("relu", "gelu"))
+        _choice("norm_position", self.norm_position, ("post", "pre"))
+        _choice("positional_encoding", self.positional_encoding, ("sinusoidal", "learned"))
+        if self.pad_id < 0:
+            raise ConfigError("pad_id", f"must be >= 0 (got {self.pad_id})")
+        if (
+            self.share_embeddings
+            and self.src_vocab_size is not None
+            and self.tgt_vocab_size is not None
+            and self.src_vocab_size != self.tgt_vocab_size
+        ):
+            raise ConfigError(
+                "share_embeddings",
+                "needs one shared vocabulary (src_vocab_size == tgt_vocab_size); "
+                f"got {self.src_vocab_size} and {self.tgt_vocab_size}",
+            )
+
+    @property
+    def d_k(self) -> int:
+        """Width of one attention head: d_model / num_heads."""
+        return self.d_model // self.num_heads
+
+
+@dataclass
+class TokenizerConfig:
+    """SentencePiece: trained on the training data into the run directory, or given files."""
+
+    kind: str = "unigram"
+    vocab_size: int = 8000
+    joint: bool = True
+    character_coverage: float = 1.0
+    max_training_sentences: int = 1_000_000
+    model_file: str | None = None
+    src_model_file: str | None = None
+    tgt_model_file: str | None = None
+
+    def __post_init__(self) -> None:
+        _choice("kind", self.kind, ("unigram", "bpe"))
+        if self.vocab_size < 8:
+            raise ConfigError("vocab_size", f"must be >= 8 (got {self.vocab_size})")
+        if not 0.0 < self.character_coverage <= 1.0:
+            raise ConfigError(
+                "character_coverage", f"must be in (0, 1] (got {self.character_coverage})"
+            )
+        _positive("max_training_sentences", self.max_training_sentences)
+        if self.model_file and (self.src_model_file or self.tgt_model_file):
+            raise ConfigError(
+                "model_file", "give either model_file or src_model_file + tgt_model_file"
+            )
+        if bool(self.src_model_file) != bool(self.tgt_model_file):
+            raise ConfigError("src_model_file", "src_model_file and tgt_model_file go together")
+
+
+@dataclass
+class CorpusConfig:
+    """One split of a parallel corpus: plain-text pair, a table file, or a Hub dataset."""
+
+    format: str = "text"
+    src_path: str = ""
+    tgt_path: str = ""
+    path: str = ""
+    name: str = ""
+    subset: str | None = None
+    split: str = "train"
+    src_field: str = "src"
+    tgt_field: str = "tgt"
+
+    def __post_init__(self) -> None:
+        _choice("format", self.format, ("text", "table", "hub"))
+        if self.format == "text" and not (self.src_path and self.tgt_path):
+            raise ConfigError("src_path", "format 'text' needs src_path and tgt_path")
+        if self.format == "table" and not self.path:
+            raise ConfigError("path", "format 'table' needs path (a .tsv, .csv or .jsonl file)")
+        if self.format == "hub" and not self.name:
+            raise ConfigError("name", "format 'hub' needs the dataset name")
+
+
+@dataclass
+class DataConfig:
+    """Training and validation corpora and the length filter applied to training pairs."""
+
+    train: CorpusConfig | None = None
+    valid: CorpusConfig | None = None
+    max_length: int = 128
+    max_length_ratio: float = 3.0
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        _positive("max_length", self.max_length)
+        if self.max_length_ratio < 1.0:
+            raise ConfigError("max_length_ratio", f"must be >= 1 (got {self.max_length_ratio})")
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation, batching, validation and checkpointing."""
+
+    seed: int = 1
+    device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+    max_steps: int = 100_000
+    max_epochs: int = 100
+    batch_tokens: int = 4096
+    accumulate_steps: int = 1
+    optimizer_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    optimizer_eps: float = 1e-9
+    weight_decay: float = 0.0
+    schedule: str = "noam"
+    lr: float = 1e-3
+    lr_scale: float = 1.0
+    warmup_steps: int = 4000
+    min_lr: float = 0.0
+    label_smoothing: float = 0.1
+    clip_grad_norm: float = 1.0
+    log_every: int = 100
+    eval_every: int = 1000
+    eval_bleu: bool = True
+    eval_samples: int = 3
+    keep_best: int = 3
+    early_stopping_patience: int = 0
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        _choice("precision", self.precision, ("fp32", "bf16", "fp16"))
+        _choice("schedule", self.schedule, ("noam", "inverse_sqrt", "cosine", "constant"))
+        for name in ("max_steps", "max_epochs", "batch_tokens", "accumulate_steps"):
+            _positive(name, getattr(self, name))
+        for name in ("log_every", "eval_every"):
+            _positive(name, getattr(self, name))
+        _positive("lr", self.lr)
+        _positive("lr_scale", self.lr_scale)
+        _positive("warmup_steps", self.warmup_steps, allow_zero=True)
+        _positive("min_lr", self.min_lr, allow_zero=True)
+        _positive("optimizer_eps", self.optimizer_eps)
+        _positive("weight_decay", self.weight_decay, allow_zero=True)
+        _positive("clip_grad_norm", self.clip_grad_norm, allow_zero=True)
+        _positive("keep_best", self.keep_best, allow_zero=True)
+        _positive("eval_samples", self.eval_samples, allow_zero=True)
+        _positive("early_stopping_patience", self.early_stopping_patience, allow_zero=True)
+        _probability("label_smoothing", self.label_smoothing)
+        if len(self.optimizer_betas) != 2 or not all(0 <= b < 1 for b in self.optimizer_betas):
+            raise ConfigError(
+                "optimizer_betas", f"must be two numbers in [0, 1) (got {self.optimizer_betas})"
+            )
+        if self.schedule == "noam" and self.warmup_steps == 0:
+            raise ConfigError("warmup_steps", "the noam schedule needs warmup_steps > 0")
+
+
+@dataclass
+class DecodingConfig:
+    """Greedy (beam_size 1) or beam search; output length max_len_a * source_length + max_len_b."""
+
+    beam_size: int = 5
+    nbest: int = 1
+    length_penalty: float = 0.6
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    min_length: int = 0
+    batch_tokens: int = 4000
+
+    def __post_init__(self) -> None:
+        _positive("beam_size", self.beam_size)
+        _positive("nbest", self.nbest)
+        if self.nbest > self.beam_size:
+            raise ConfigError("nbest", f"must be <= beam_size ({self.nbest} > {self.beam_size})")
+        _positive("length_penalty", self.length_penalty, allow_zero=True)
+        _positive("max_len_a", self.max_len_a, allow_zero=True)
+        _positive("max_len_b", self.max_len_b, allow_zero=True)
+        _positive("min_length", self.min_length, allow_zero=True)
+        _positive("batch_tokens", self.batch_tokens)
+        if self.max_len_a == 0 and self.max_len_b == 0:
+            raise ConfigError("max_len_b", "max_len_a and max_len_b cannot both be 0")
+
+
+@dataclass
+class Config:
+    """A whole experiment: what the YAML file describes and the run directory keeps."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting int->float where harmless."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
+        (item_type,) = typing.get_args(tp)
+        return [_convert(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping of settings, got {value!r}")
+        return _build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - every annotation above is covered
+        raise TypeError(f"unsupported config type {tp}")
+    raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, naming the dotted key of any problem."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(dotted, f"unknown key{hint}")
+        kwargs[key] = _convert(value, hints[key], dotted)
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:
+        raise error.located(prefix) from None
+
+
+def config_from_dict(values: dict[str, Any], source: str | None = None) -> Config:
+    """Build and validate a `Config` from a nested mapping (e.g. parsed YAML)."""
+    try:
+        return _build(Config, values)
+    except ConfigError as error:
+        raise error.located(source=source) from None
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The nested mapping that `config_from_dict` turns back into `config`."""
+    return dataclasses.asdict(config)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split one `key=value` override; the value is parsed as YAML (so 5e-4 is a float)."""
+    if "=" not in text:
+        raise ConfigError("", f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError("", f"override {text!r} has no key before '='")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `values` with each `a.b.c=value` override applied."""
+    result = _deep_copy(values)
+    for text in overrides:
+        key, value = parse_override(text)
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(key, f"cannot set a key inside the non-mapping {part!r}", "--set")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def _deep_copy(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in values.items()}
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config file, apply dotted overrides, and validate everything."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise ConfigError("", "config file not found; check the path", source)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError("", f"YAML syntax error at {line}{problem}", source) from None
+    except UnicodeDecodeError:
+        raise ConfigError("", "not a UTF-8 text file", source) from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError("", "the top level must be a mapping of sections", source)
+    if overrides:
+        try:
+            values = apply_overrides(values, overrides)
+        except ConfigError as error:
+            raise error.located(source=source) from None
+    return config_from_dict(values, source)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (what `load_config` reads back)."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")

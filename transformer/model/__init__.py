@@ -1,0 +1,38 @@
+"""The Transformer model: attention, layers, the encoder-decoder and its decoding cache."""
+
+from transformer.model.attention import (
+    MultiHeadAttention,
+    causal_mask,
+    padding_mask,
+    scaled_dot_product_attention,
+)
+from transformer.model.cache import DecoderCache, LayerCache
+from transformer.model.layers import (
+    AddNorm,
+    DecoderLayer,
+    Embeddings,
+    EncoderLayer,
+    FeedForward,
+    LearnedPositionalEncoding,
+    SinusoidalPositionalEncoding,
+)
+from transformer.model.transformer import Decoder, Encoder, Transformer
+
+__all__ = [
+    "AddNorm",
+    "Decoder",
+    "DecoderCache",
+    "DecoderLayer",
+    "Embeddings",
+    "Encoder",
+    "EncoderLayer",
+    "FeedForward",
+    "LayerCache",
+    "LearnedPositionalEncoding",
+    "MultiHeadAttention",
+    "SinusoidalPositionalEncoding",
+    "Transformer",
+    "causal_mask",
+    "padding_mask",
+    "scaled_dot_product_attention",
+]

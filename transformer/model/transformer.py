@@ -1,0 +1,228 @@
+"""Encoder, Decoder and the encoder-decoder Transformer built from a `ModelConfig`.
+
+Shape legend: B batch, S source length, T target length, D d_model, V target vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from transformer.config import ModelConfig
+from transformer.model.attention import causal_mask, padding_mask
+from transformer.model.cache import DecoderCache
+from transformer.model.layers import (
+    DecoderLayer,
+    Embeddings,
+    EncoderLayer,
+    LearnedPositionalEncoding,
+    SinusoidalPositionalEncoding,
+)
+
+
+def make_positional_encoding(kind: str, d_model: int, max_positions: int) -> nn.Module:
+    """The positional encoding called `kind` ("sinusoidal" or "learned")."""
+    if kind == "sinusoidal":
+        return SinusoidalPositionalEncoding(d_model)
+    if kind == "learned":
+        return LearnedPositionalEncoding(d_model, max_positions)
+    raise ValueError(f"positional encoding must be sinusoidal or learned, got {kind!r}")
+
+
+class Encoder(nn.Module):
+    """Positions + dropout, then N encoder layers (and a final LayerNorm when pre-norm)."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        d_model: int,
+        num_heads: int,
+        d_ff: int,
+        dropout: float,
+        attention_dropout: float,
+        activation: str,
+        norm_position: str,
+        positional: nn.Module,
+    ) -> None:
+        super().__init__()
+        self.positional = positional
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(
+            EncoderLayer(
+                d_model, num_heads, d_ff, dropout, attention_dropout, activation, norm_position
+            )
+            for _ in range(num_layers)
+        )
+        self.final_norm = nn.LayerNorm(d_model) if norm_position == "pre" else None
+
+    def forward(self, x: Tensor, src_mask: Tensor | None) -> Tensor:
+        """Embedded source (B, S, D), mask (B, 1, 1, S) -> memory (B, S, D)."""
+        x = self.dropout(self.positional(x))
+        for layer in self.layers:
+            x = layer(x, src_mask)
+        return x if self.final_norm is None else self.final_norm(x)
+
+
+class Decoder(nn.Module):
+    """Positions + dropout, then N decoder layers (and a final LayerNorm when pre-norm)."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        d_model: int,
+        num_heads: int,
+        d_ff: int,
+        dropout: float,
+        attention_dropout: float,
+        activation: str,
+        norm_position: str,
+        positional: nn.Module,
+    ) -> None:
+        super().__init__()
+        self.positional = positional
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(
+            DecoderLayer(
+                d_model, num_heads, d_ff, dropout, attention_dropout, activation, norm_position
+            )
+            for _ in range(num_layers)
+        )
+        self.final_norm = nn.LayerNorm(d_model) if norm_position == "pre" else None
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        src_mask: Tensor | None,
+        cache: DecoderCache | None = None,
+    ) -> Tensor:
+        """Embedded target (B, T, D), memory (B, S, D) -> (B, T, D).
+
+        With a cache, `x` holds only the new positions; they are placed after the cached ones.
+        """
+        offset = 0 if cache is None else cache.length
+        T = x.size(1)
+        x = self.dropout(self.positional(x, offset))
+        # One new position may attend every earlier one: no mask needed.
+        tgt_mask = None if T == 1 else causal_mask(T, offset + T, x.device)  # (T, offset + T)
+        for i, layer in enumerate(self.layers):
+            layer_cache = None if cache is None else cache.layers[i]
+            x = layer(x, memory, src_mask, tgt_mask, layer_cache)
+        return x if self.final_norm is None else self.final_norm(x)
+
+
+class Transformer(nn.Module):
+    """The encoder-decoder Transformer of "Attention Is All You Need".
+
+    `encode` runs the encoder once; `decode` maps target prefixes to next-token logits and,
+    given a `DecoderCache`, runs incrementally; `forward` is both, for training.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.src_vocab_size is None or config.tgt_vocab_size is None:
+            raise ValueError("ModelConfig needs src_vocab_size and tgt_vocab_size to build a model")
+        self.config = config
+        self.pad_id = config.pad_id
+        c = config
+        self.src_embed = Embeddings(c.src_vocab_size, c.d_model, c.pad_id)
+        self.tgt_embed = (
+            self.src_embed
+            if c.share_embeddings
+            else Embeddings(c.tgt_vocab_size, c.d_model, c.pad_id)
+        )
+        stack = (c.d_model, c.num_heads, c.d_ff, c.dropout, c.attention_dropout, c.activation)
+        self.encoder = Encoder(
+            c.num_encoder_layers,
+            *stack,
+            c.norm_position,
+            make_positional_encoding(c.positional_encoding, c.d_model, c.max_positions),
+        )
+        self.decoder = Decoder(
+            c.num_decoder_layers,
+            *stack,
+            c.norm_position,
+            make_positional_encoding(c.positional_encoding, c.d_model, c.max_positions),
+        )
+        self.output_proj = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
+        self.reset_parameters()
+        if c.tie_output_embeddings:
+            self.output_proj.weight = self.tgt_embed.embedding.weight
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform matrices, zero biases, N(0, d_model^-0.5) embeddings (pad row zero)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=self.config.d_model**-0.5)
+                if module.padding_idx is not None:
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+
+    def new_cache(self) -> DecoderCache:
+        """An empty cache for incremental decoding with `decode`."""
+        return DecoderCache(len(self.decoder.layers))
+
+    def source_mask(self, src: Tensor) -> Tensor:
+        """Padding mask of source ids: (B, S) -> (B, 1, 1, S)."""
+        return padding_mask(src, self.pad_id)
+
+    def encode(self, src: Tensor, src_mask: Tensor | None = None) -> Tensor:
+        """Source ids (B, S) -> memory (B, S, D)."""
+        _check_ids("source", src, self.config.src_vocab_size)
+        if src_mask is None:
+            src_mask = self.source_mask(src)
+        return self.encoder(self.src_embed(src), src_mask)
+
+    def decode(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        src_mask: Tensor | None,
+        cache: DecoderCache | None = None,
+    ) -> Tensor:
+        """Target ids (B, T) and memory (B, S, D) -> next-token logits (B, T, V).
+
+        With a cache, `tgt` holds only the positions not decoded yet (usually one).
+        """
+        _check_ids("target", tgt, self.config.tgt_vocab_size)
+        if tgt.size(0) != memory.size(0):
+            raise ValueError(
+                f"batch sizes differ: target has {tgt.size(0)} rows, encoder output "
+                f"{memory.size(0)}"
+            )
+        x = self.decoder(self.tgt_embed(tgt), memory, src_mask, cache)  # (B, T, D)
+        return self.output_proj(x)  # (B, T, V)
+
+    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
+        """Teacher forcing: source (B, S) and shifted target (B, T) ids -> logits (B, T, V)."""
+        if src.dim() == 2 and tgt.dim() == 2 and src.size(0) != tgt.size(0):
+            raise ValueError(
+                f"batch sizes differ: source has {src.size(0)} sentences, target {tgt.size(0)}"
+            )
+        src_mask = self.source_mask(src)
+        memory = self.encode(src, src_mask)
+        return self.decode(tgt, memory, src_mask)
+
+    def num_parameters(self) -> int:
+        """Trainable parameters, each tied tensor counted once."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def _check_ids(name: str, ids: Tensor, vocab_size: int | None) -> None:
+    """Fail early, and readably, on ids that are not integers or not in the vocabulary."""
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} ids must be an integer tensor (int64), got {ids.dtype}")
+    if ids.dim() != 2:
+        raise ValueError(f"{name} ids must have shape (batch, length), got {tuple(ids.shape)}")
+    if ids.numel() and not ids.is_cuda:  # on CUDA the check would stall the stream
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= (vocab_size or math.inf):
+            raise ValueError(
+                f"{name} ids must lie in [0, {vocab_size}); got values from {low} to {high}"
+            )
