@@ -1,0 +1,113 @@
+"""Checkpoints and the run directory: atomic writes, weights-only loads, where files live.
+
+A run directory is self-contained; translation needs nothing else::
+
+    RUN/config.yaml              the resolved config (vocabulary sizes filled in)
+    RUN/tokenizer/               spm.model (joint) or src.model + tgt.model
+    RUN/checkpoints/last.pt      the latest state (model, optimizer, schedule, RNG, data order)
+    RUN/checkpoints/best.pt      the best by validation BLEU
+    RUN/checkpoints/step_*.pt    the k best, by validation BLEU
+    RUN/metrics.jsonl            one line per validation
+    RUN/train.log                the training log
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from transformer.errors import UserError
+
+CONFIG_FILE = "config.yaml"
+TOKENIZER_DIR = "tokenizer"
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+LOG_FILE = "train.log"
+
+
+class CheckpointError(UserError):
+    """A checkpoint or run directory that cannot be used."""
+
+
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Call `write(file)` on a temporary file beside `path`, fsync it, then rename it over `path`.
+
+    A crash at any moment leaves either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write `state` (tensors, numbers, strings, lists and dicts only) atomically."""
+    atomic_write_bytes(Path(path), lambda handle: torch.save(state, handle))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with `torch.load(weights_only=True)`; unusable files are a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises many types for truncated or foreign files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint {path} is corrupted or truncated ({reason[:200]}); "
+            "use another checkpoint (e.g. --checkpoint last or best)"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"checkpoint {path} holds no model state; is it one of ours?")
+    return state
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    """Where a run keeps its checkpoints."""
+    return Path(run_dir) / CHECKPOINT_DIR
+
+
+def resolve_checkpoint(run_dir: str | Path, name: str = "best") -> Path:
+    """`best`, `last` (or `averaged`) within the run, or a path; falls back from best to last."""
+    run_dir = Path(run_dir)
+    if name in ("best", "last", "averaged"):
+        path = checkpoint_dir(run_dir) / f"{name}.pt"
+        if name == "best" and not path.is_file():
+            path = checkpoint_dir(run_dir) / "last.pt"
+        if not path.is_file():
+            raise CheckpointError(
+                f"run directory {run_dir} has no {name} checkpoint in {checkpoint_dir(run_dir)}; "
+                "train first (transformer-train) or pass --checkpoint PATH"
+            )
+        return path
+    path = Path(name)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    return path
