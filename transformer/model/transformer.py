@@ -201,7 +201,8 @@ class Transformer(nn.Module):
 
     def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
         """Teacher forcing: source (B, S) and shifted target (B, T) ids -> logits (B, T, V)."""
-        if src.dim() == 2 and tgt.dim() == 2 and src.size(0) != tgt.size(0):
+        _check_ids("source", src, self.config.src_vocab_size)  # before source_mask indexes it
+        if tgt.dim() == 2 and src.size(0) != tgt.size(0):
             raise ValueError(
                 f"batch sizes differ: source has {src.size(0)} sentences, target {tgt.size(0)}"
             )
