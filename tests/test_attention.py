@@ -1,0 +1,229 @@
+"""Masks, the written-out attention, and `MultiHeadAttention` against PyTorch's own."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transformer.model.attention import (
+    MultiHeadAttention,
+    causal_mask,
+    fast_attention,
+    padding_mask,
+    scaled_dot_product_attention,
+)
+
+D_MODEL, NUM_HEADS = 32, 4
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+
+
+def make_pair(seed: int = 0) -> tuple[MultiHeadAttention, nn.MultiheadAttention]:
+    """Our attention and torch's, holding the same (non-zero) weights and biases."""
+    torch.manual_seed(seed)
+    ours = MultiHeadAttention(D_MODEL, NUM_HEADS).eval()
+    for p in ours.parameters():
+        nn.init.normal_(p, std=0.2)
+    theirs = nn.MultiheadAttention(D_MODEL, NUM_HEADS, batch_first=True).eval()
+    with torch.no_grad():
+        theirs.in_proj_weight.copy_(
+            torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight])
+        )
+        theirs.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+        theirs.out_proj.weight.copy_(ours.out_proj.weight)
+        theirs.out_proj.bias.copy_(ours.out_proj.bias)
+    return ours, theirs
+
+
+def source_ids() -> torch.Tensor:
+    """Three sentences of length 6, 4 and 2, padded with 0 to length 6."""
+    return torch.tensor([[5, 6, 7, 8, 9, 4], [5, 6, 7, 8, 0, 0], [4, 3, 0, 0, 0, 0]])
+
+
+# ------------------------------------------------------------------------------------ masks
+
+
+def test_padding_mask_marks_real_tokens_with_shape_b_1_1_s() -> None:
+    ids = source_ids()
+    mask = padding_mask(ids, pad_id=0)
+    assert mask.shape == (3, 1, 1, 6)
+    assert mask.dtype == torch.bool
+    assert torch.equal(mask[:, 0, 0], ids != 0)
+    assert torch.equal(padding_mask(ids, pad_id=5)[:, 0, 0], ids != 5)
+
+
+def test_causal_mask_is_lower_triangular_when_query_and_key_lengths_agree() -> None:
+    mask = causal_mask(4, 4)
+    assert mask.shape == (4, 4)
+    assert mask.dtype == torch.bool
+    for i in range(4):
+        for j in range(4):
+            assert bool(mask[i, j]) == (j <= i)
+
+
+def test_causal_mask_with_cached_positions_lets_new_queries_see_the_whole_past() -> None:
+    # 2 new queries after 3 cached positions: they are positions 3 and 4 of 5.
+    mask = causal_mask(2, 5)
+    expected = torch.tensor([[True, True, True, True, False], [True, True, True, True, True]])
+    assert torch.equal(mask, expected)
+    assert causal_mask(1, 7).all()
+
+
+def test_masks_are_pure_and_follow_the_input_device() -> None:
+    ids = source_ids()
+    before = ids.clone()
+    assert torch.equal(padding_mask(ids, 0), padding_mask(ids, 0))
+    assert torch.equal(ids, before)
+    assert torch.equal(causal_mask(3, 5), causal_mask(3, 5))
+    # The meta device stands in for an accelerator: the mask must be built where the input is.
+    assert padding_mask(ids.to("meta"), 0).device.type == "meta"
+    assert causal_mask(3, 5, device=torch.device("meta")).device.type == "meta"
+
+
+# --------------------------------------------------------- written-out vs fused attention
+
+
+def random_qkv(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q (2, 4, 5, 8), k and v (2, 4, 6, 8)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 4, 5, 8, generator=g)
+    k = torch.randn(2, 4, 6, 8, generator=g)
+    v = torch.randn(2, 4, 6, 8, generator=g)
+    return q, k, v
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "padding", "causal", "both"])
+def test_written_out_attention_equals_fused_attention(mask_kind: str) -> None:
+    q, k, v = random_qkv()
+    pad = padding_mask(torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]]), 0)  # (2,1,1,6)
+    causal = causal_mask(5, 6)
+    mask = {"none": None, "padding": pad, "causal": causal, "both": pad & causal}[mask_kind]
+    written, weights = scaled_dot_product_attention(q, k, v, mask)
+    fused = fast_attention(q, k, v, mask, dropout=0.0, training=False)
+    torch.testing.assert_close(written, fused, **TOL)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 5), **TOL)
+    if mask is not None:
+        assert (weights.masked_select(~mask.expand_as(weights)) == 0).all()
+
+
+def test_written_out_attention_is_softmax_of_scaled_scores() -> None:
+    q, k, v = random_qkv(1)
+    out, weights = scaled_dot_product_attention(q, k, v)
+    expected_weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8), dim=-1)
+    torch.testing.assert_close(weights, expected_weights, **TOL)
+    torch.testing.assert_close(out, expected_weights @ v, **TOL)
+
+
+def test_fully_masked_row_gives_zeros_not_nan_in_both_paths() -> None:
+    q, k, v = random_qkv(2)
+    mask = torch.ones(5, 6, dtype=torch.bool)
+    mask[2] = False  # query 2 may attend nothing
+    written, weights = scaled_dot_product_attention(q, k, v, mask)
+    fused = fast_attention(q, k, v, mask, dropout=0.0, training=False)
+    for out in (written, fused, weights):
+        assert not out.isnan().any()
+    assert (written[:, :, 2] == 0).all()
+    assert (weights[:, :, 2] == 0).all()
+    torch.testing.assert_close(written, fused, **TOL)
+
+
+def test_attention_dropout_only_acts_in_training() -> None:
+    q, k, v = random_qkv(3)
+    eval_out, _ = scaled_dot_product_attention(q, k, v, dropout=0.5, training=False)
+    plain, _ = scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(eval_out, plain, **TOL)
+    torch.manual_seed(0)
+    train_out, _ = scaled_dot_product_attention(q, k, v, dropout=0.5, training=True)
+    assert not torch.allclose(train_out, plain)
+
+
+# -------------------------------------------------------------- against nn.MultiheadAttention
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_self_attention_with_padding_equals_torch_multihead_attention(need_weights: bool) -> None:
+    ours, theirs = make_pair()
+    ids = source_ids()
+    x = torch.randn(3, 6, D_MODEL)
+    out = ours(x, x, x, padding_mask(ids, 0), need_weights=need_weights)
+    expected, expected_weights = theirs(
+        x, x, x, key_padding_mask=ids == 0, need_weights=True, average_attn_weights=False
+    )
+    if need_weights:
+        out, weights = out
+        torch.testing.assert_close(weights, expected_weights, **TOL)
+    torch.testing.assert_close(out, expected, **TOL)
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_causal_self_attention_equals_torch_multihead_attention(need_weights: bool) -> None:
+    ours, theirs = make_pair(1)
+    x = torch.randn(2, 5, D_MODEL)
+    out = ours(x, x, x, causal_mask(5, 5), need_weights=need_weights)
+    expected, expected_weights = theirs(
+        x, x, x, attn_mask=~causal_mask(5, 5), need_weights=True, average_attn_weights=False
+    )
+    if need_weights:
+        out, weights = out
+        torch.testing.assert_close(weights, expected_weights, **TOL)
+    torch.testing.assert_close(out, expected, **TOL)
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_cross_attention_with_padding_equals_torch_multihead_attention(need_weights: bool) -> None:
+    ours, theirs = make_pair(2)
+    ids = source_ids()
+    memory = torch.randn(3, 6, D_MODEL)
+    query = torch.randn(3, 4, D_MODEL)
+    out = ours(query, memory, memory, padding_mask(ids, 0), need_weights=need_weights)
+    expected, expected_weights = theirs(
+        query,
+        memory,
+        memory,
+        key_padding_mask=ids == 0,
+        need_weights=True,
+        average_attn_weights=False,
+    )
+    if need_weights:
+        out, weights = out
+        torch.testing.assert_close(weights, expected_weights, **TOL)
+    torch.testing.assert_close(out, expected, **TOL)
+
+
+def test_attention_with_distinct_key_and_value_equals_torch_multihead_attention() -> None:
+    ours, theirs = make_pair(3)
+    query = torch.randn(2, 3, D_MODEL)
+    key, value = torch.randn(2, 5, D_MODEL), torch.randn(2, 5, D_MODEL)
+    expected, _ = theirs(query, key, value, need_weights=False)
+    torch.testing.assert_close(ours(query, key, value), expected, **TOL)
+
+
+def test_multihead_attention_rejects_inputs_of_different_batch_sizes() -> None:
+    ours, _ = make_pair()
+    with pytest.raises(ValueError, match="attention inputs disagree"):
+        ours(torch.randn(2, 3, D_MODEL), torch.randn(3, 3, D_MODEL), torch.randn(3, 3, D_MODEL))
+
+
+def test_multihead_attention_needs_d_model_divisible_by_heads() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        MultiHeadAttention(30, 4)
+
+
+def test_fast_path_attention_gradients_equal_written_out_gradients() -> None:
+    q, k, v = (t.requires_grad_() for t in random_qkv(4))
+    mask = causal_mask(5, 6)
+    grads = []
+    for path in ("written", "fused"):
+        for t in (q, k, v):
+            t.grad = None
+        if path == "written":
+            out, _ = scaled_dot_product_attention(q, k, v, mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        (out * torch.arange(out.numel()).view_as(out).sin()).sum().backward()
+        grads.append([t.grad.clone() for t in (q, k, v)])
+    for written, fused in zip(*grads, strict=True):
+        torch.testing.assert_close(written, fused, **TOL)
