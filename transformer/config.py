@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ from typing import Any
 import yaml
 
 from transformer.errors import UserError
+
+# YAML 1.1 (PyYAML) reads a float without a dot, such as 5e-4, as a string.
+_SCIENTIFIC = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(UserError, ValueError):
@@ -309,6 +313,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         for arg in args:
             if arg is type(None):
                 continue
+            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
+                return _convert(value, arg, key)  # its own error names the key inside
             try:
                 return _convert(value, arg, key)
             except ConfigError:
@@ -330,6 +336,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            return float(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     elif tp is str:
