@@ -1,0 +1,436 @@
+"""Greedy and beam search over `model.encode` and the (cached) `model.decode`.
+
+Shape legend: B sentences, K beam size, S source length, T tokens decoded so far (BOS
+included), D d_model, V target vocabulary. Beam rows are flattened sentence-major: row
+`b * K + k` is beam k of sentence b.
+
+Conventions shared by both searches:
+
+- A sentence's maximum output length is `int(max_len_a * src_len + max_len_b)` tokens, EOS not
+  counted, where `src_len` is its number of non-pad source tokens (at least 1, and at most
+  `model.config.max_positions` with learned positions). A hypothesis that reaches it without
+  EOS is returned as it is, unfinished.
+- `min_length`: EOS is forbidden until a hypothesis has that many tokens. PAD is never produced.
+  Forbidden tokens get log-probability -inf; the others keep the model's log-softmax value
+  (no renormalisation), so every score is a log-probability under the model.
+- Log-softmax is taken in float32 whatever the model's dtype.
+- Beam scores use the GNMT length penalty `lp(n) = ((5 + n) / 6) ** alpha` where `n` counts the
+  predicted tokens, EOS included when the hypothesis ended with it:
+  `score = log_prob / lp(n)`. Greedy search ranks nothing, so its score is the plain log_prob.
+
+The model's mode is the caller's business: call `model.eval()` first, or dropout stays on.
+Every search runs under `torch.inference_mode()`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import torch
+from torch import Tensor
+
+from transformer.config import DecodingConfig, ModelConfig
+
+# The project's fixed special ids (transformer.tokenizer defines the same values).
+PAD_ID = 0
+BOS_ID = 2
+EOS_ID = 3
+
+
+class Cache(Protocol):
+    """What the searches need of a decoder cache (`transformer.model.DecoderCache`)."""
+
+    @property
+    def length(self) -> int:
+        """Number of target positions already cached."""
+        ...
+
+    def reorder(self, indices: Tensor) -> None:
+        """Keep batch rows `indices`, in that order."""
+        ...
+
+
+class Seq2SeqModel(Protocol):
+    """What the searches need of a model (`transformer.model.Transformer` provides it)."""
+
+    config: ModelConfig
+
+    def source_mask(self, src: Tensor) -> Tensor:
+        """Source ids (B, S) -> key mask (B, 1, 1, S), True = may attend."""
+        ...
+
+    def encode(self, src: Tensor, src_mask: Tensor | None = None) -> Tensor:
+        """Source ids (B, S) -> memory (B, S, D)."""
+        ...
+
+    def decode(
+        self, tgt: Tensor, memory: Tensor, src_mask: Tensor | None, cache: Cache | None = None
+    ) -> Tensor:
+        """Target ids (B, T) -> next-token logits (B, T, V); with a cache, only new positions."""
+        ...
+
+    def new_cache(self) -> Cache:
+        """An empty cache for incremental decoding."""
+        ...
+
+
+@dataclass
+class Hypothesis:
+    """One output sentence: tokens without BOS/EOS, its length-penalised score and log-prob."""
+
+    tokens: list[int]
+    score: float
+    log_prob: float
+
+
+def gnmt_length_penalty(length: int, alpha: float) -> float:
+    """GNMT length penalty lp(n) = ((5 + n) / 6) ** alpha; alpha = 0 gives 1 (no penalty)."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def max_output_lengths(
+    src: Tensor,
+    max_len_a: float,
+    max_len_b: int,
+    pad_id: int = PAD_ID,
+    max_positions: int | None = None,
+) -> list[int]:
+    """Per sentence: int(max_len_a * non-pad source length + max_len_b), clamped to [1, cap]."""
+    src_lengths = (src != pad_id).sum(dim=1).tolist()
+    limits = []
+    for src_len in src_lengths:
+        limit = max(1, int(max_len_a * src_len + max_len_b))
+        limits.append(limit if max_positions is None else min(limit, max_positions))
+    return limits
+
+
+def _position_cap(model: Seq2SeqModel) -> int | None:
+    """Learned positions stop at max_positions; the decoder reads BOS + max_len - 1 tokens."""
+    config = model.config
+    return config.max_positions if config.positional_encoding == "learned" else None
+
+
+def _next_log_probs(
+    model: Seq2SeqModel,
+    tokens: Tensor,
+    memory: Tensor,
+    src_mask: Tensor,
+    cache: Cache | None,
+    forbid_eos: bool,
+    eos_id: int,
+    pad_id: int,
+) -> Tensor:
+    """Float32 log-probabilities of the next token after each prefix: (N, T) -> (N, V)."""
+    if cache is None:
+        logits = model.decode(tokens, memory, src_mask)[:, -1]  # whole prefix each step
+    else:
+        logits = model.decode(tokens[:, -1:], memory, src_mask, cache)[:, -1]  # (N, V)
+    log_probs = logits.float().log_softmax(dim=-1)  # (N, V)
+    log_probs[:, pad_id] = -math.inf
+    if forbid_eos:
+        log_probs[:, eos_id] = -math.inf
+    return log_probs
+
+
+def _strip_eos(tokens: list[int], eos_id: int) -> list[int]:
+    return tokens[:-1] if tokens and tokens[-1] == eos_id else tokens
+
+
+@torch.inference_mode()
+def greedy_search(
+    model: Seq2SeqModel,
+    src: Tensor,
+    max_len_a: float,
+    max_len_b: int,
+    min_length: int = 0,
+    bos_id: int = BOS_ID,
+    eos_id: int = EOS_ID,
+    pad_id: int = PAD_ID,
+    use_cache: bool = True,
+) -> list[Hypothesis]:
+    """The most probable next token at each step, for a batch of source ids (B, S).
+
+    Returns one hypothesis per sentence, in input order; its score is the sum of the token
+    log-probs (EOS included when produced). Finished sentences leave the batch.
+    """
+    B, device = src.size(0), src.device
+    max_lens = max_output_lengths(src, max_len_a, max_len_b, pad_id, _position_cap(model))
+    src_mask = model.source_mask(src)  # (B, 1, 1, S)
+    memory = model.encode(src, src_mask)  # (B, S, D)
+    cache = model.new_cache() if use_cache else None
+    results: list[Hypothesis] = [Hypothesis([], 0.0, 0.0) for _ in range(B)]
+    active = list(range(B))  # original index of each active sentence
+    tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=device)  # (N, T)
+    log_prob = torch.zeros(B, device=device)  # (N,)
+    step = 0
+    while active:
+        log_probs = _next_log_probs(
+            model, tokens, memory, src_mask, cache, step < min_length, eos_id, pad_id
+        )  # (N, V)
+        best, next_token = log_probs.max(dim=-1)  # (N,), (N,)
+        log_prob = log_prob + best
+        tokens = torch.cat([tokens, next_token[:, None]], dim=1)  # (N, T + 1)
+        step += 1
+        ended = (next_token == eos_id).tolist()
+        done = [ended[i] or max_lens[b] <= step for i, b in enumerate(active)]
+        if not any(done):
+            continue
+        rows = torch.tensor([i for i, d in enumerate(done) if d], device=device)
+        for i, ids, lp in zip(
+            rows.tolist(), tokens[rows, 1:].tolist(), log_prob[rows].tolist(), strict=True
+        ):
+            results[active[i]] = Hypothesis(_strip_eos(ids, eos_id), lp, lp)
+        keep = [i for i, d in enumerate(done) if not d]
+        active = [active[i] for i in keep]
+        if not active:
+            break
+        keep_t = torch.tensor(keep, device=device)
+        tokens, log_prob = tokens[keep_t], log_prob[keep_t]  # (N', T), (N',)
+        memory, src_mask = memory[keep_t], src_mask[keep_t]
+        if cache is not None:
+            cache.reorder(keep_t)
+    return results
+
+
+class _Finished:
+    """The best `beam_size` finished hypotheses of one sentence, best first."""
+
+    def __init__(self, beam_size: int) -> None:
+        self.beam_size = beam_size
+        self.hypotheses: list[Hypothesis] = []
+
+    def add(self, hypothesis: Hypothesis) -> None:
+        """Insert in score order, dropping whatever falls beyond `beam_size`."""
+        if self.full and hypothesis.score <= self.worst:
+            return
+        self.hypotheses.append(hypothesis)
+        self.hypotheses.sort(key=lambda h: h.score, reverse=True)
+        del self.hypotheses[self.beam_size :]
+
+    @property
+    def full(self) -> bool:
+        """Whether `beam_size` hypotheses have finished."""
+        return len(self.hypotheses) >= self.beam_size
+
+    @property
+    def worst(self) -> float:
+        """Score of the worst kept hypothesis (-inf while not full)."""
+        return self.hypotheses[-1].score if self.full else -math.inf
+
+
+class BeamStep(NamedTuple):
+    """What one beam step keeps of the 2K best candidates of each of N sentences."""
+
+    eos_log_prob: Tensor  # (N, K) EOS candidates among the best K; -inf at other positions
+    eos_parent: Tensor  # (N, K) flat row (sentence * K + beam) each candidate extends
+    live_log_prob: Tensor  # (N, K) the best K candidates not ending in EOS, best first
+    live_parent: Tensor  # (N, K) flat row each live candidate extends
+    live_token: Tensor  # (N, K) the token each live candidate appends
+
+
+def beam_step(beam_log_prob: Tensor, log_probs: Tensor, eos_id: int) -> BeamStep:
+    """Extend N sentences' K beams (N, K) by next-token log-probs (N*K, V): one beam step.
+
+    The best 2K of the K * V extensions are taken so that K survive even when K of them end
+    in EOS (at most one per beam can). EOS candidates count only among the best K: beyond
+    that rank, K better extensions exist.
+    """
+    N, K = beam_log_prob.shape
+    V = log_probs.size(-1)
+    candidates = (beam_log_prob.reshape(N * K, 1) + log_probs).view(N, K * V)  # (N, K*V)
+    cand_log_prob, cand_index = candidates.topk(2 * K, dim=1)  # (N, 2K), best first
+    cand_parent = cand_index // V + torch.arange(N, device=log_probs.device)[:, None] * K
+    cand_token = cand_index % V  # (N, 2K)
+    cand_eos = cand_token == eos_id  # (N, 2K)
+    eos_log_prob = cand_log_prob[:, :K].masked_fill(~cand_eos[:, :K], -math.inf)  # (N, K)
+    live = cand_eos.to(torch.uint8).argsort(dim=1, stable=True)[:, :K]  # (N, K) rank order
+    return BeamStep(
+        eos_log_prob,
+        cand_parent[:, :K],
+        cand_log_prob.gather(1, live),
+        cand_parent.gather(1, live),
+        cand_token.gather(1, live),
+    )
+
+
+class _Finished:
+    """The best `beam_size` finished hypotheses of one sentence, best first."""
+
+    def __init__(self, beam_size: int) -> None:
+        self.beam_size = beam_size
+        self.hypotheses: list[Hypothesis] = []
+
+    def add(self, tokens: list[int], log_prob: float, length: int, alpha: float) -> None:
+        """Keep a hypothesis of `length` predicted tokens if it is among the best so far."""
+        score = log_prob / gnmt_length_penalty(length, alpha)
+        if self.full and score <= self.worst:
+            return
+        self.hypotheses.append(Hypothesis(tokens, score, log_prob))
+        self.hypotheses.sort(key=lambda h: h.score, reverse=True)
+        del self.hypotheses[self.beam_size :]
+
+    @property
+    def full(self) -> bool:
+        """Whether `beam_size` hypotheses have finished."""
+        return len(self.hypotheses) >= self.beam_size
+
+    @property
+    def worst(self) -> float:
+        """Score of the worst kept hypothesis (-inf while not full)."""
+        return self.hypotheses[-1].score if self.full else -math.inf
+
+
+@torch.inference_mode()
+def beam_search(
+    model: Seq2SeqModel,
+    src: Tensor,
+    beam_size: int,
+    max_len_a: float,
+    max_len_b: int,
+    nbest: int = 1,
+    length_penalty: float = 0.6,
+    min_length: int = 0,
+    bos_id: int = BOS_ID,
+    eos_id: int = EOS_ID,
+    pad_id: int = PAD_ID,
+    use_cache: bool = True,
+) -> list[list[Hypothesis]]:
+    """Beam search over a batch of source ids (B, S): per sentence its n-best list, best first.
+
+    Sentences and beams are decoded together as B*K rows; the encoder runs once. Each step
+    (`beam_step`) finishes the EOS candidates among the best K and continues the best K
+    others, reordering the cache to follow them. A sentence is done at its maximum length
+    (its live hypotheses are then finished as they are), or once K hypotheses have finished
+    and the best live log-prob over lp(max length) does not beat the worst of them: for
+    alpha >= 0 no continuation can score better, since log-probs only fall and lp only
+    grows. Done sentences leave the batch. Lists may hold fewer than `nbest` hypotheses
+    only when fewer distinct outputs exist.
+    """
+    if not 1 <= nbest <= beam_size:
+        raise ValueError(f"need 1 <= nbest <= beam_size, got {beam_size=} and {nbest=}")
+    if length_penalty < 0:
+        raise ValueError(f"length_penalty must be >= 0 (got {length_penalty})")
+    alpha, K, device = length_penalty, beam_size, src.device
+    B = src.size(0)
+    max_lens = max_output_lengths(src, max_len_a, max_len_b, pad_id, _position_cap(model))
+    src_mask = model.source_mask(src)  # (B, 1, 1, S)
+    memory = model.encode(src, src_mask)  # (B, S, D)
+    memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, D)
+    src_mask = src_mask.repeat_interleave(K, dim=0)  # (B*K, 1, 1, S)
+    cache = model.new_cache() if use_cache else None
+    finished = [_Finished(K) for _ in range(B)]
+    active = list(range(B))  # original index of each active sentence
+    tokens = torch.full((B * K, 1), bos_id, dtype=torch.long, device=device)  # (N*K, T)
+    # Only beam 0 is live at first: the K identical rows would fill the beam with copies.
+    beam_log_prob = torch.full((B, K), -math.inf, device=device)  # (N, K)
+    beam_log_prob[:, 0] = 0.0
+    step = 0
+    while active:
+        log_probs = _next_log_probs(
+            model, tokens, memory, src_mask, cache, step < min_length, eos_id, pad_id
+        )  # (N*K, V)
+        result = beam_step(beam_log_prob, log_probs, eos_id)
+        step += 1
+
+        # Bookkeeping on the CPU, per sentence; it moves only the few finished hypotheses.
+        hits = result.eos_log_prob.isfinite().nonzero()  # (E, 2): sentence, rank
+        hit_rows = result.eos_parent[hits[:, 0], hits[:, 1]]  # (E,)
+        for i, ids, lp in zip(
+            hits[:, 0].tolist(),
+            tokens[hit_rows, 1:].tolist(),
+            result.eos_log_prob[hits[:, 0], hits[:, 1]].tolist(),
+            strict=True,
+        ):
+            finished[active[i]].add(ids, lp, len(ids) + 1, alpha)
+        at_limit = [i for i, b in enumerate(active) if max_lens[b] <= step]
+        if at_limit:
+            rows = torch.tensor(at_limit, device=device)
+            live_ids = torch.cat(
+                [
+                    tokens[result.live_parent[rows].view(-1), 1:],
+                    result.live_token[rows].view(-1, 1),
+                ],
+                dim=1,
+            ).view(len(at_limit), K, step)  # (L, K, step)
+            for i, ids_k, lp_k in zip(
+                at_limit, live_ids.tolist(), result.live_log_prob[rows].tolist(), strict=True
+            ):
+                for ids, lp in zip(ids_k, lp_k, strict=True):
+                    if lp > -math.inf:
+                        finished[active[i]].add(ids, lp, step, alpha)
+        best_live = result.live_log_prob[:, 0].tolist()  # (N,)
+        done = [
+            max_lens[b] <= step
+            or best_live[i] == -math.inf
+            or (
+                finished[b].full
+                and best_live[i] / gnmt_length_penalty(max_lens[b], alpha) <= finished[b].worst
+            )
+            for i, b in enumerate(active)
+        ]
+
+        beam_log_prob, parent, next_token = (
+            result.live_log_prob,
+            result.live_parent,
+            result.live_token,
+        )
+        if any(done):
+            keep = [i for i, sentence_done in enumerate(done) if not sentence_done]
+            active = [active[i] for i in keep]
+            if not active:
+                break
+            keep_t = torch.tensor(keep, device=device)
+            beam_log_prob, parent, next_token = (
+                beam_log_prob[keep_t],
+                parent[keep_t],
+                next_token[keep_t],
+            )
+            kept_rows = (keep_t[:, None] * K + torch.arange(K, device=device)).view(-1)
+            memory, src_mask = memory[kept_rows], src_mask[kept_rows]  # (N'*K, ...)
+        rows = parent.view(-1)  # (N'*K,) the row each surviving beam extends
+        tokens = torch.cat([tokens[rows], next_token.view(-1, 1)], dim=1)  # (N'*K, T + 1)
+        if cache is not None:
+            cache.reorder(rows)
+    return [finished[b].hypotheses[:nbest] for b in range(B)]
+
+
+@torch.inference_mode()
+def search(
+    model: Seq2SeqModel,
+    src: Tensor,
+    config: DecodingConfig,
+    bos_id: int = BOS_ID,
+    eos_id: int = EOS_ID,
+    pad_id: int = PAD_ID,
+    use_cache: bool = True,
+) -> list[list[Hypothesis]]:
+    """Decode a batch as `config` says: greedy for beam_size 1, beam search otherwise."""
+    if config.beam_size == 1:
+        hypotheses = greedy_search(
+            model,
+            src,
+            config.max_len_a,
+            config.max_len_b,
+            config.min_length,
+            bos_id,
+            eos_id,
+            pad_id,
+            use_cache,
+        )
+        return [[hypothesis] for hypothesis in hypotheses]
+    return beam_search(
+        model,
+        src,
+        config.beam_size,
+        config.max_len_a,
+        config.max_len_b,
+        config.nbest,
+        config.length_penalty,
+        config.min_length,
+        bos_id,
+        eos_id,
+        pad_id,
+        use_cache,
+    )
