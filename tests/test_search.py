@@ -270,7 +270,7 @@ def test_beam_step_keeps_k_live_candidates_when_eos_candidates_rank_first() -> N
 
 def test_beam_finds_the_better_sequence_that_greedy_misses() -> None:
     model = scripted(GREEDY_TRAP)
-    (greedy,) = greedy_search(model, ONE_SENTENCE, 0.0, 10)
+    ((greedy,),) = greedy_search(model, ONE_SENTENCE, 0.0, 10)
     assert greedy.tokens == [A]
     assert greedy.log_prob == pytest.approx(math.log(0.5 * 0.4))
     assert greedy.score == greedy.log_prob
@@ -306,9 +306,9 @@ def test_beam_keeps_searching_while_a_live_hypothesis_can_still_win() -> None:
 
 def test_min_length_forbids_eos_until_that_many_tokens() -> None:
     model = scripted(EAGER_EOS, EAGER_EOS_DEFAULT)
-    (greedy,) = greedy_search(model, ONE_SENTENCE, 0.0, 10)
+    ((greedy,),) = greedy_search(model, ONE_SENTENCE, 0.0, 10)
     assert greedy.tokens == []
-    (greedy,) = greedy_search(model, ONE_SENTENCE, 0.0, 10, min_length=3)
+    ((greedy,),) = greedy_search(model, ONE_SENTENCE, 0.0, 10, min_length=3)
     assert greedy.tokens == [A, A, A]
     assert greedy.log_prob == pytest.approx(3 * math.log(0.25) + math.log(0.6))
     (beam,) = beam_search(model, ONE_SENTENCE, 3, 0.0, 10, nbest=3, min_length=3)
@@ -321,7 +321,7 @@ def test_min_length_forbids_eos_until_that_many_tokens() -> None:
 
 def test_search_stops_at_the_maximum_length_with_unfinished_hypotheses() -> None:
     model = scripted(EAGER_EOS, EAGER_EOS_DEFAULT)
-    (greedy,) = greedy_search(model, ONE_SENTENCE, 0.0, 2, min_length=5)
+    ((greedy,),) = greedy_search(model, ONE_SENTENCE, 0.0, 2, min_length=5)
     assert greedy.tokens == [A, A]
     assert greedy.log_prob == pytest.approx(2 * math.log(0.25))  # no EOS: it never ended
     (beam,) = beam_search(model, ONE_SENTENCE, 2, 0.0, 2, nbest=2, min_length=5)
@@ -363,9 +363,9 @@ def test_beam_size_one_equals_greedy() -> None:
     model = tiny_model(seed=0)
     greedy = greedy_search(model, SOURCES, MAX_LEN_A, MAX_LEN_B)
     beam = beam_search(model, SOURCES, 1, MAX_LEN_A, MAX_LEN_B, length_penalty=0.0)
-    lengths = [len(h.tokens) for h in greedy]
+    lengths = [len(h.tokens) for (h,) in greedy]
     assert len(set(lengths)) > 1  # sentences end at different steps
-    for g, (b,) in zip(greedy, beam, strict=True):
+    for (g,), (b,) in zip(greedy, beam, strict=True):
         assert b.tokens == g.tokens
         assert b.score == pytest.approx(g.score, abs=1e-5)
         assert b.log_prob == pytest.approx(g.log_prob, abs=1e-5)
@@ -397,7 +397,7 @@ def test_cached_and_uncached_decoding_give_the_same_outputs() -> None:
         greedy_search(model, SOURCES, MAX_LEN_A, MAX_LEN_B, use_cache=False),
         strict=True,
     ):
-        assert_same_hypotheses([cached], [uncached])
+        assert_same_hypotheses(cached, uncached)
     for cached, uncached in zip(
         beam_search(model, SOURCES, 3, MAX_LEN_A, MAX_LEN_B, nbest=3),
         beam_search(model, SOURCES, 3, MAX_LEN_A, MAX_LEN_B, nbest=3, use_cache=False),
@@ -410,10 +410,10 @@ def test_batch_gives_the_same_outputs_as_one_sentence_at_a_time() -> None:
     model = tiny_model(seed=1)
     greedy = greedy_search(model, SOURCES, MAX_LEN_A, MAX_LEN_B)
     beam = beam_search(model, SOURCES, 3, MAX_LEN_A, MAX_LEN_B, nbest=3)
-    assert len({len(h.tokens) for h in greedy}) > 1  # sentences end at different steps
+    assert len({len(h.tokens) for (h,) in greedy}) > 1  # sentences end at different steps
     for i, row in enumerate(SOURCES):
         single = row[row != PAD][None]  # unpadded
-        assert_same_hypotheses(greedy_search(model, single, MAX_LEN_A, MAX_LEN_B), [greedy[i]])
+        assert_same_hypotheses(greedy_search(model, single, MAX_LEN_A, MAX_LEN_B)[0], greedy[i])
         (alone,) = beam_search(model, single, 3, MAX_LEN_A, MAX_LEN_B, nbest=3)
         assert_same_hypotheses(alone, beam[i])
 
@@ -440,7 +440,7 @@ def test_nbest_lists_are_sorted_and_scores_are_normalised_model_log_probs() -> N
 def test_greedy_log_probs_are_the_model_log_probs_of_its_tokens() -> None:
     model = tiny_model(seed=0)
     limits = source_lengths_limits(SOURCES)
-    for src, h, limit in zip(
+    for src, (h,), limit in zip(
         SOURCES, greedy_search(model, SOURCES, MAX_LEN_A, MAX_LEN_B), limits, strict=True
     ):
         ended = len(h.tokens) < limit
@@ -453,7 +453,7 @@ def test_every_sentence_stops_at_its_own_maximum_length() -> None:
     model = tiny_model(seed=0)
     limits = source_lengths_limits(SOURCES)
     greedy = greedy_search(model, SOURCES, MAX_LEN_A, MAX_LEN_B, min_length=100)
-    assert [len(h.tokens) for h in greedy] == limits
+    assert [len(h.tokens) for (h,) in greedy] == limits
     beam = beam_search(model, SOURCES, 2, MAX_LEN_A, MAX_LEN_B, nbest=2, min_length=100)
     assert [[len(h.tokens) for h in hs] for hs in beam] == [[n, n] for n in limits]
     for hypotheses, limit in zip(
@@ -465,7 +465,7 @@ def test_every_sentence_stops_at_its_own_maximum_length() -> None:
 def test_learned_positions_cap_the_output_length() -> None:
     model = tiny_model(seed=0, positional_encoding="learned", max_positions=6)
     greedy = greedy_search(model, SOURCES, 1.0, 100, min_length=100)
-    assert [len(h.tokens) for h in greedy] == [6] * len(SOURCES)
+    assert [len(h.tokens) for (h,) in greedy] == [6] * len(SOURCES)
     beam = beam_search(model, SOURCES, 2, 1.0, 100, min_length=100)
     assert [len(hs[0].tokens) for hs in beam] == [6] * len(SOURCES)
 
@@ -474,7 +474,7 @@ def test_search_with_beam_size_one_is_greedy_and_otherwise_beam() -> None:
     model = tiny_model(seed=0)
     config = DecodingConfig(beam_size=1, max_len_a=MAX_LEN_A, max_len_b=MAX_LEN_B)
     greedy = greedy_search(model, SOURCES, MAX_LEN_A, MAX_LEN_B)
-    assert [hs[0].tokens for hs in search(model, SOURCES, config)] == [h.tokens for h in greedy]
+    assert search(model, SOURCES, config) == greedy
     config = DecodingConfig(beam_size=3, nbest=2, max_len_a=MAX_LEN_A, max_len_b=MAX_LEN_B)
     beam = beam_search(model, SOURCES, 3, MAX_LEN_A, MAX_LEN_B, nbest=2)
     assert [[h.tokens for h in hs] for hs in search(model, SOURCES, config)] == [

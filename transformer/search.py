@@ -6,10 +6,11 @@ included), D d_model, V target vocabulary. Beam rows are flattened sentence-majo
 
 Conventions shared by both searches:
 
-- A sentence's maximum output length is `int(max_len_a * src_len + max_len_b)` tokens, EOS not
-  counted, where `src_len` is its number of non-pad source tokens (at least 1, and at most
-  `model.config.max_positions` with learned positions). A hypothesis that reaches it without
-  EOS is returned as it is, unfinished.
+- A sentence is decoded for at most `int(max_len_a * src_len + max_len_b)` steps, where
+  `src_len` is its number of non-pad source tokens (at least 1 step, and at most
+  `model.config.max_positions` with learned positions). EOS takes a step, so an output holds
+  at most that many tokens, or one fewer and EOS; a hypothesis still going at the limit is
+  returned as it is, unfinished (without EOS).
 - `min_length`: EOS is forbidden until a hypothesis has that many tokens. PAD is never produced.
   Forbidden tokens get log-probability -inf; the others keep the model's log-softmax value
   (no renormalisation), so every score is a log-probability under the model.
@@ -149,11 +150,12 @@ def greedy_search(
     eos_id: int = EOS_ID,
     pad_id: int = PAD_ID,
     use_cache: bool = True,
-) -> list[Hypothesis]:
+) -> list[list[Hypothesis]]:
     """The most probable next token at each step, for a batch of source ids (B, S).
 
-    Returns one hypothesis per sentence, in input order; its score is the sum of the token
-    log-probs (EOS included when produced). Finished sentences leave the batch.
+    Returns per sentence, in input order, a list of one hypothesis (the shape of
+    `beam_search`'s n-best lists); its score is the sum of the token log-probs (EOS included
+    when produced). Finished sentences leave the batch.
     """
     B, device = src.size(0), src.device
     max_lens = max_output_lengths(src, max_len_a, max_len_b, pad_id, _position_cap(model))
@@ -191,33 +193,7 @@ def greedy_search(
         memory, src_mask = memory[keep_t], src_mask[keep_t]
         if cache is not None:
             cache.reorder(keep_t)
-    return results
-
-
-class _Finished:
-    """The best `beam_size` finished hypotheses of one sentence, best first."""
-
-    def __init__(self, beam_size: int) -> None:
-        self.beam_size = beam_size
-        self.hypotheses: list[Hypothesis] = []
-
-    def add(self, hypothesis: Hypothesis) -> None:
-        """Insert in score order, dropping whatever falls beyond `beam_size`."""
-        if self.full and hypothesis.score <= self.worst:
-            return
-        self.hypotheses.append(hypothesis)
-        self.hypotheses.sort(key=lambda h: h.score, reverse=True)
-        del self.hypotheses[self.beam_size :]
-
-    @property
-    def full(self) -> bool:
-        """Whether `beam_size` hypotheses have finished."""
-        return len(self.hypotheses) >= self.beam_size
-
-    @property
-    def worst(self) -> float:
-        """Score of the worst kept hypothesis (-inf while not full)."""
-        return self.hypotheses[-1].score if self.full else -math.inf
+    return [[hypothesis] for hypothesis in results]
 
 
 class BeamStep(NamedTuple):
@@ -408,7 +384,7 @@ def search(
 ) -> list[list[Hypothesis]]:
     """Decode a batch as `config` says: greedy for beam_size 1, beam search otherwise."""
     if config.beam_size == 1:
-        hypotheses = greedy_search(
+        return greedy_search(
             model,
             src,
             config.max_len_a,
@@ -419,7 +395,6 @@ def search(
             pad_id,
             use_cache,
         )
-        return [[hypothesis] for hypothesis in hypotheses]
     return beam_search(
         model,
         src,
