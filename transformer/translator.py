@@ -1,0 +1,214 @@
+"""Raw text in, raw text out: a trained run directory's model, tokenizers and search together.
+
+Sentences are sorted by length into token-budget batches (little padding, so fast), decoded
+with greedy search (beam_size 1) or beam search, detokenized, and returned in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from transformer.checkpoint import (
+    CONFIG_FILE,
+    TOKENIZER_DIR,
+    CheckpointError,
+    load_checkpoint,
+    resolve_checkpoint,
+)
+from transformer.config import Config, DecodingConfig, ModelConfig, load_config
+from transformer.device import resolve_device
+from transformer.model import Transformer
+from transformer.search import Hypothesis, search
+from transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerPair, load_tokenizers
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Translation:
+    """One hypothesis: detokenized text, its model score, and its target token ids."""
+
+    text: str
+    score: float
+    tokens: tuple[int, ...] = ()
+
+
+EMPTY_TRANSLATION = Translation(text="", score=0.0)
+
+
+class Translator:
+    """A trained model and its tokenizers, ready to translate lines of raw text."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizers: TokenizerPair,
+        config: Config,
+        device: torch.device,
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.tokenizers = tokenizers
+        self.config = config
+        self.device = device
+
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        checkpoint: str = "best",
+        device: str | torch.device = "auto",
+    ) -> Translator:
+        """Load a run's config, tokenizers and checkpoint ("best", "last", "averaged" or a path)."""
+        run_dir = Path(run_dir)
+        config = read_run_config(run_dir)
+        tokenizer_dir = run_dir / TOKENIZER_DIR
+        if not tokenizer_dir.is_dir():
+            raise CheckpointError(
+                f"run directory {run_dir} has no {TOKENIZER_DIR}/ directory; "
+                "it is incomplete (was training interrupted before the tokenizer was saved?)"
+            )
+        tokenizers = load_tokenizers(tokenizer_dir)
+        config_path = run_dir / CONFIG_FILE
+        config = replace(config, model=_model_config_for(config, tokenizers, config_path))
+        device = resolve_device(device) if isinstance(device, str) else device
+        path = resolve_checkpoint(run_dir, checkpoint)
+        state = load_checkpoint(path)
+        model = Transformer(config.model)
+        try:
+            model.load_state_dict(state["model"])
+        except (RuntimeError, TypeError, AttributeError) as error:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit the model in {config_path} "
+                f"({_first_detail(error)})"
+            ) from None
+        logger.info("loaded %s (step %s) on %s", path, state.get("step", "?"), device)
+        return cls(model, tokenizers, config, device)
+
+    @property
+    def max_source_tokens(self) -> int:
+        """The longest source the model takes, in tokens, without the EOS it appends."""
+        return self.config.model.max_positions - 1
+
+    def translate(
+        self,
+        lines: Sequence[str],
+        decoding: DecodingConfig | None = None,
+        first_line: int = 1,
+    ) -> list[list[Translation]]:
+        """Translate each line; returns its n-best translations, best first, in input order.
+
+        An empty (or blank) line gives one empty translation. Lines longer than the model's
+        positions are truncated with a warning naming the line (`first_line` numbers them).
+        """
+        decoding = decoding or self.config.decoding
+        results = [[EMPTY_TRANSLATION] for _ in lines]
+        indices = [i for i, line in enumerate(lines) if line.strip()]
+        encoded = self.tokenizers.src.encode_batch([lines[i] for i in indices])
+        sources: list[tuple[int, list[int]]] = []
+        for i, ids in zip(indices, encoded, strict=True):
+            if not ids:
+                continue
+            if len(ids) > self.max_source_tokens:
+                logger.warning(
+                    "line %d: %d tokens, more than the model's limit of %d; "
+                    "translating only the first %d",
+                    first_line + i,
+                    len(ids),
+                    self.max_source_tokens,
+                    self.max_source_tokens,
+                )
+                ids = ids[: self.max_source_tokens]
+            sources.append((i, [*ids, EOS_ID]))
+        for batch in token_batches(sources, decoding.batch_tokens):
+            src = _pad([ids for _, ids in batch]).to(self.device)  # (B, S)
+            for (i, _), nbest in zip(batch, self._search(src, decoding), strict=True):
+                results[i] = [
+                    Translation(
+                        text=self.tokenizers.tgt.decode(list(h.tokens)),
+                        score=float(h.score),
+                        tokens=tuple(int(t) for t in h.tokens),
+                    )
+                    for h in nbest
+                ]
+        return results
+
+    def _search(self, src: Tensor, decoding: DecodingConfig) -> list[list[Hypothesis]]:
+        """Greedy search when beam_size is 1, else beam search, over source ids (B, S)."""
+        return search(self.model, src, decoding, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID)
+
+
+def read_run_config(run_dir: str | Path) -> Config:
+    """The resolved config a run directory keeps, with clear errors for what is not a run."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(
+            f"run directory {run_dir} does not exist; pass the directory transformer-train wrote"
+        )
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(
+            f"{run_dir} is not a run directory (it has no {CONFIG_FILE}); "
+            "pass the directory transformer-train wrote"
+        )
+    return load_config(config_path)
+
+
+def token_batches(
+    sources: list[tuple[int, list[int]]], batch_tokens: int
+) -> list[list[tuple[int, list[int]]]]:
+    """Group (index, ids) pairs, longest first, so each batch's padded size B·S ≤ batch_tokens.
+
+    A single sentence longer than the budget still gets a batch of its own.
+    """
+    ordered = sorted(sources, key=lambda item: len(item[1]), reverse=True)
+    batches: list[list[tuple[int, list[int]]]] = []
+    current: list[tuple[int, list[int]]] = []
+    for item in ordered:
+        longest = len(current[0][1]) if current else len(item[1])
+        if current and (len(current) + 1) * longest > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(item)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _pad(sequences: list[list[int]]) -> Tensor:
+    """Right-pad id lists into one (B, S) int64 tensor."""
+    width = max(len(ids) for ids in sequences)
+    batch = torch.full((len(sequences), width), PAD_ID, dtype=torch.long)  # (B, S)
+    for row, ids in enumerate(sequences):
+        batch[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return batch
+
+
+def _model_config_for(config: Config, tokenizers: TokenizerPair, config_path: Path) -> ModelConfig:
+    """The run's ModelConfig, vocabulary sizes checked against (or taken from) its tokenizers."""
+    model = config.model
+    sizes = {
+        "src_vocab_size": tokenizers.src.vocab_size,
+        "tgt_vocab_size": tokenizers.tgt.vocab_size,
+    }
+    for key, size in sizes.items():
+        expected = getattr(model, key)
+        if expected is not None and expected != size:
+            raise CheckpointError(
+                f"{config_path}: model.{key} is {expected} but the run's tokenizer has "
+                f"{size} pieces; the tokenizer/ directory does not belong to this run"
+            )
+    return replace(model, **sizes)
+
+
+def _first_detail(error: Exception) -> str:
+    """The first specific line of a load_state_dict error (e.g. "size mismatch for ...")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    details = [line for line in lines if not line.startswith("Error(s) in loading")]
+    detail = (details or lines or [type(error).__name__])[0]
+    return detail if len(detail) <= 300 else detail[:297] + "..."
