@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 import sacrebleu
-from test_translate_cli import call_main
+from test_translate_cli import PAIRS, call_main, make_tiny_run
 
 from transformer.cli.evaluate import main
 from transformer.evaluate import corpus_scores, score
+from transformer.translator import Translator
 
 HYPOTHESES = [
     "The cat sat on the mat.",
@@ -150,3 +151,35 @@ def test_cli_bad_input_is_one_error_line(tmp_path: Path, capsys, problem: str) -
     assert code == 2 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1
     assert "Traceback" not in err
+
+
+def test_cli_translates_the_source_writes_and_scores_the_hypotheses(tmp_path: Path, capsys) -> None:
+    run = make_tiny_run(tmp_path / "run")
+    source = write(tmp_path / "src.en.gz", [src for src, _ in PAIRS[:6]] + [""])
+    ref = write(tmp_path / "ref.de", [tgt for _, tgt in PAIRS[:6]] + [""])
+    output = tmp_path / "hyp.de"
+    code, out, _ = run_main(
+        capsys, "--run", run, "--source", source, "--reference", ref, "--output", output, "--json"
+    )
+    assert code == 0
+    hypotheses = output.read_text(encoding="utf-8").split("\n")[:-1]
+    assert len(hypotheses) == 7 and hypotheses[-1] == ""
+    expected = Translator.from_run(run, "best", "cpu").translate([src for src, _ in PAIRS[:6]])
+    assert hypotheses[:6] == [nbest[0].text for nbest in expected]
+    reported = json.loads(out)
+    assert reported["num_sentences"] == 7
+    references = [tgt for _, tgt in PAIRS[:6]] + [""]
+    assert reported["bleu"] == sacrebleu.corpus_bleu(hypotheses, [references]).score
+
+
+def test_cli_source_and_reference_of_different_lengths_fail_before_translating(
+    tmp_path: Path, capsys
+) -> None:
+    source = write(tmp_path / "src.en", ["a", "b", "c"])
+    ref = write(tmp_path / "ref.de", ["a", "b"])
+    code, out, err = run_main(
+        capsys, "--run", tmp_path / "no-run", "--source", source, "--reference", ref
+    )
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "src.en has 3 lines" in err and "ref.de has 2" in err
