@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import gzip
 import logging
+import os
 import sys
 import zlib
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from transformer.translator import Translation, Translator, read_run_config
 logger = logging.getLogger("transformer.cli.translate")
 
 CHUNK_LINES = 1000
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a process killed by it
 _BLOCK_BYTES = 1 << 16
 _GZIP_MAGIC = b"\x1f\x8b"
 _FLAGS = {
@@ -84,7 +86,7 @@ def open_input(path: str | Path) -> BinaryIO:
 def iter_lines(stream: BinaryIO, name: str) -> Iterator[str]:
     """Lines of UTF-8 text without their line ends; bad bytes are replaced, with a warning.
 
-    A stream that starts with NUL bytes (binary data, UTF-16) is an `InputError`.
+    A stream whose first block holds NUL bytes (binary data, UTF-16) is an `InputError`.
     """
     number = 0
     try:
@@ -300,16 +302,18 @@ def _main(argv: list[str] | None) -> int:
         raise UserError(f"--nbest must be >= 1 (got {args.nbest})")
     if args.text and args.input:
         raise UserError("give either --text or --input, not both")
+    if _same_file(args.input, args.output):
+        raise UserError(f"--output {args.output} is the --input file; write elsewhere")
     with contextlib.ExitStack() as stack:
-        # Open the input before loading the model, so that a bad file fails at once.
+        # Open the files before loading the model, so that a bad path fails at once.
         stream: BinaryIO | None = None
         if args.input not in (None, "-"):
             stream, name = stack.enter_context(open_input(args.input)), args.input
         elif not args.text and (args.input == "-" or not sys.stdin.isatty()):
             stream, name = sys.stdin.buffer, "<stdin>"
         decoding = decoding_from_args(read_run_config(args.run).decoding, args, args.nbest)
-        translator = Translator.from_run(args.run, args.checkpoint, args.device)
         out = stack.enter_context(open_output(args.output))
+        translator = Translator.from_run(args.run, args.checkpoint, args.device)
         writer = NbestWriter(out, decoding.nbest, args.scores)
         if args.text:
             writer.write(translator.translate(args.text, decoding))
@@ -321,6 +325,13 @@ def _main(argv: list[str] | None) -> int:
                 writer.write(translator.translate(chunk, decoding, first_line=first))
                 first += len(chunk)
     return 0
+
+
+def _same_file(first: str | None, second: str | None) -> bool:
+    """Whether two file arguments (None or "-" meaning a standard stream) name one file."""
+    if first in (None, "-") or second in (None, "-"):
+        return False
+    return Path(first).resolve() == Path(second).resolve()
 
 
 def _interactive(translator: Translator, decoding: DecodingConfig, writer: NbestWriter) -> None:
@@ -340,7 +351,13 @@ def _interactive(translator: Translator, decoding: DecodingConfig, writer: Nbest
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of transformer-translate; returns the exit code."""
-    return run_command(_main, argv)
+    try:
+        return run_command(_main, argv)
+    except BrokenPipeError:
+        # The reader stopped early (e.g. `| head`): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":
