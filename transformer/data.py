@@ -1,0 +1,664 @@
+"""Parallel corpora: loading (through `datasets`), tokenizing with a cache, token-budget batches.
+
+Data flows::
+
+    load_corpus(CorpusConfig)   -> datasets.Dataset with string columns "src", "tgt"
+    encode_corpus(dataset, ...) -> EncodedCorpus: ids ending in EOS, length-filtered, cached
+    TokenBatchSampler           -> lists of example indices, at most batch_tokens each
+    collate / EncodedCorpus.collate -> Batch: src (B, S), tgt_in (B, T), tgt_out (B, T)
+
+Lengths count EOS: an encoded source of S tokens is what the encoder reads, and an encoded
+target of T tokens gives ``tgt_in = BOS + target`` and ``tgt_out = target + EOS``, both T long.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import hashlib
+import itertools
+import logging
+import os
+import tempfile
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from transformer.config import CorpusConfig
+from transformer.errors import UserError
+from transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerPair
+
+logger = logging.getLogger(__name__)
+
+_CACHE_VERSION = b"encoded-corpus-v1"
+_ENCODE_CHUNK = 50_000  # sentences per encode_batch call: big enough for SentencePiece threads
+_TEXT = pa.large_string()  # 64-bit offsets: a side of a corpus may exceed 2 GiB of text
+
+
+class DataError(UserError, ValueError):
+    """A corpus that cannot be read: missing file, bad encoding, mismatched sides, no column."""
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_corpus(corpus: CorpusConfig, key: str) -> datasets.Dataset:
+    """Load one corpus as a Dataset of stripped, non-empty (src, tgt) string pairs.
+
+    `key` is the config key of the corpus (e.g. "data.train"), used in error messages.
+    """
+    if corpus.format == "text":
+        src, tgt = _read_text_pair(corpus, key)
+    elif corpus.format == "table":
+        table = _load_table(corpus, key)
+        src, tgt = _select_fields(table, corpus, key, Path(corpus.path).expanduser())
+    else:
+        src, tgt = _select_fields(_load_hub(corpus, key), corpus, key, corpus.name)
+    return _drop_empty_pairs(src, tgt, key)
+
+
+def _read_text_pair(corpus: CorpusConfig, key: str) -> tuple[pa.Array, pa.Array]:
+    src_path = _existing_file(corpus.src_path, f"{key}.src_path")
+    tgt_path = _existing_file(corpus.tgt_path, f"{key}.tgt_path")
+    src, tgt = _read_lines(src_path), _read_lines(tgt_path)
+    if len(src) != len(tgt):
+        raise DataError(
+            f"{key}: {src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; "
+            "a parallel corpus needs exactly one target line per source line"
+        )
+    return src, tgt
+
+
+def _existing_file(path: str, key: str) -> Path:
+    resolved = Path(path).expanduser()
+    if not resolved.is_file():
+        raise DataError(f"{key}: file not found: {resolved}")
+    return resolved
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb")
+
+
+def _read_lines(path: Path) -> pa.LargeStringArray:
+    """The lines of a UTF-8 text file (``.gz`` allowed), split on "\\n" only.
+
+    The Arrow array is built straight on the file's bytes (no Python string per line); each
+    line keeps its "\\n" (and any "\\r"), which the stripping in `load_corpus` removes.
+    """
+    try:
+        with _open_binary(path) as file:
+            data = file.read()
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"cannot read {path}: {error}") from None
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n")) + 1
+    if data and not data.endswith(b"\n"):
+        ends = np.append(ends, len(data))
+    offsets = np.concatenate([np.zeros(1, dtype=np.int64), ends.astype(np.int64)])
+    lines = pa.LargeStringArray.from_buffers(len(ends), pa.py_buffer(offsets), pa.py_buffer(data))
+    try:
+        lines.validate(full=True)  # checks the UTF-8 in C, much faster than decoding it
+    except pa.ArrowInvalid:
+        _raise_for_bad_utf8(data, path)
+    return lines
+
+
+def _raise_for_bad_utf8(data: bytes, path: Path) -> None:
+    """Raise a DataError naming the line of the first byte that is not UTF-8."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise DataError(
+            f"{path}: line {line} is not valid UTF-8; convert the file to UTF-8"
+        ) from None
+    raise DataError(f"{path}: not a valid UTF-8 text file")
+
+
+def _load_table(corpus: CorpusConfig, key: str) -> pa.Table:
+    """Read a .tsv, .csv, .jsonl or .json file (optionally .gz) with the datasets builders."""
+    path = _existing_file(corpus.path, f"{key}.path")
+    name = path.name.lower()
+    kind = Path(name[: -len(".gz")] if name.endswith(".gz") else name).suffix
+    if kind in (".tsv", ".csv"):
+        delimiter = "\t" if kind == ".tsv" else ","
+        # Every column as text: "007" stays "007", and "NA" or "null" are words, not missing.
+        columns = _header(path, delimiter)
+        features = datasets.Features({column: datasets.Value("string") for column in columns})
+        options: dict[str, object] = {
+            "delimiter": delimiter,
+            "features": features,
+            "na_filter": False,
+            # TSV files hold raw text: quote characters are part of the sentence.
+            "quoting": csv.QUOTE_NONE if kind == ".tsv" else csv.QUOTE_MINIMAL,
+        }
+        builder = "csv"
+    elif kind in (".jsonl", ".json"):
+        builder, options = "json", {}
+    else:
+        raise DataError(
+            f"{key}.path: cannot tell the table type of {path.name}; "
+            "use a .tsv, .csv, .jsonl or .json file (optionally .gz)"
+        )
+    try:
+        dataset = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as error:
+        raise DataError(f"{key}: cannot read {path}: {_reason(error)}") from None
+    return dataset.with_format("arrow")[:]
+
+
+def _header(path: Path, delimiter: str) -> list[str]:
+    """Column names from the first line of a CSV/TSV file."""
+    try:
+        with _open_binary(path) as file:
+            first = file.readline().decode("utf-8-sig")
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read {path}: {error}") from None
+    if delimiter == "\t":
+        return first.rstrip("\r\n").split("\t")
+    return next(csv.reader([first]), [])
+
+
+def _load_hub(corpus: CorpusConfig, key: str) -> pa.Table:
+    """One split of a Hugging Face Hub dataset (or a local dataset directory)."""
+    try:
+        dataset = datasets.load_dataset(corpus.name, corpus.subset, split=corpus.split)
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as error:
+        raise DataError(
+            f"{key}: could not load dataset {corpus.name!r} from the Hugging Face Hub: "
+            f"{_reason(error)}"
+        ) from None
+    return dataset.with_format("arrow")[:]
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of an exception's message, following its cause when it has none."""
+    while not str(error).strip() and error.__cause__ is not None:
+        error = error.__cause__
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _select_fields(
+    table: pa.Table, corpus: CorpusConfig, key: str, where: object
+) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    """The src_field and tgt_field columns; a dotted path selects a nested field."""
+    selected = []
+    for field_key, path in (("src_field", corpus.src_field), ("tgt_field", corpus.tgt_field)):
+        column = _field(table, path)
+        if column is None:
+            raise DataError(
+                f"{key}.{field_key}: {where} has no column {path!r}; "
+                f"its columns are: {', '.join(_leaf_names(table.schema))}"
+            )
+        try:
+            selected.append(column.cast(_TEXT))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise DataError(
+                f"{key}.{field_key}: column {path!r} of {where} holds {column.type}, not text"
+            ) from None
+    return selected[0], selected[1]
+
+
+def _field(table: pa.Table, path: str) -> pa.ChunkedArray | None:
+    if path in table.column_names:
+        return table.column(path)
+    head, *rest = path.split(".")
+    if head not in table.column_names:
+        return None
+    column = table.column(head)
+    for part in rest:
+        if not pa.types.is_struct(column.type) or column.type.get_field_index(part) < 0:
+            return None
+        column = pc.struct_field(column, part)
+    return column
+
+
+def _leaf_names(fields: pa.Schema | pa.StructType, prefix: str = "") -> list[str]:
+    names = []
+    for field in fields:
+        if pa.types.is_struct(field.type):
+            names.extend(_leaf_names(field.type, f"{prefix}{field.name}."))
+        else:
+            names.append(f"{prefix}{field.name}")
+    return names
+
+
+def _drop_empty_pairs(src: pa.Array, tgt: pa.Array, key: str) -> datasets.Dataset:
+    """Strip both sides and drop pairs where either side is empty (or missing)."""
+    src = pc.utf8_trim_whitespace(pc.fill_null(src, ""))
+    tgt = pc.utf8_trim_whitespace(pc.fill_null(tgt, ""))
+    keep = pc.and_(pc.greater(pc.binary_length(src), 0), pc.greater(pc.binary_length(tgt), 0))
+    total = len(src)
+    kept = pc.sum(keep).as_py() or 0
+    if kept < total:
+        logger.warning("%s: skipped %d of %d pairs with an empty side", key, total - kept, total)
+    if kept == 0:
+        raise DataError(f"{key}: the corpus has no pair with text on both sides")
+    table = pa.table({"src": src, "tgt": tgt}).filter(keep)
+    logger.info("%s: %d sentence pairs", key, kept)
+    return datasets.Dataset.from_dict({"src": table.column("src"), "tgt": table.column("tgt")})
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+@dataclass(frozen=True)
+class Example:
+    """One encoded pair: `src` and `tgt` ids, each ending with EOS."""
+
+    index: int
+    src: np.ndarray  # (S,) int32
+    tgt: np.ndarray  # (T,) int32
+
+
+class EncodedCorpus:
+    """Token ids of every kept pair, stored flat (int32 ids + int64 offsets), and their text."""
+
+    def __init__(
+        self,
+        src_tokens: np.ndarray,
+        src_offsets: np.ndarray,
+        tgt_tokens: np.ndarray,
+        tgt_offsets: np.ndarray,
+        src_texts: pa.ChunkedArray,
+        tgt_texts: pa.ChunkedArray,
+    ) -> None:
+        self._src_tokens, self._src_offsets = src_tokens, src_offsets
+        self._tgt_tokens, self._tgt_offsets = tgt_tokens, tgt_offsets
+        self._src_texts, self._tgt_texts = src_texts, tgt_texts
+        self.src_lengths = np.diff(src_offsets)  # (N,) with EOS
+        self.tgt_lengths = np.diff(tgt_offsets)  # (N,) with EOS
+
+    def __len__(self) -> int:
+        return len(self.src_lengths)
+
+    def __getitem__(self, index: int) -> Example:
+        index = range(len(self))[index]  # bounds check and negative indices
+        src = self._src_tokens[self._src_offsets[index] : self._src_offsets[index + 1]]
+        tgt = self._tgt_tokens[self._tgt_offsets[index] : self._tgt_offsets[index + 1]]
+        return Example(index, src, tgt)
+
+    def src_text(self, index: int) -> str:
+        """The source sentence as it was read (stripped)."""
+        return self._src_texts[index].as_py()
+
+    def tgt_text(self, index: int) -> str:
+        """The target sentence as it was read: the reference for BLEU."""
+        return self._tgt_texts[index].as_py()
+
+    def collate(self, indices: Sequence[int], pad_id: int = PAD_ID) -> Batch:
+        """`collate([self[i] for i in indices])`, gathered straight from the flat arrays."""
+        rows = np.asarray(indices, dtype=np.int64)
+        src = _gather(self._src_tokens, self._src_offsets[rows], self.src_lengths[rows], pad_id)
+        tgt = _gather(self._tgt_tokens, self._tgt_offsets[rows], self.tgt_lengths[rows], pad_id)
+        return _make_batch(src, tgt, [int(i) for i in indices], pad_id)
+
+
+def encode_corpus(
+    dataset: datasets.Dataset,
+    tokenizers: TokenizerPair,
+    max_length: int,
+    max_length_ratio: float,
+    cache_dir: str | Path | None = None,
+    filter: bool = True,
+    name: str = "corpus",
+) -> EncodedCorpus:
+    """Tokenize both sides, append EOS, and (if `filter`) drop over-long or unbalanced pairs.
+
+    Dropped: a side longer than `max_length` tokens (EOS counted), or a token-count ratio
+    (EOS not counted) above `max_length_ratio`. With `cache_dir`, the result is cached under
+    a hash of the text, both tokenizer models and the filter settings.
+    """
+    table = dataset.select_columns(["src", "tgt"]).with_format("arrow")[:]
+    settings = f"{filter}:{max_length}:{max_length_ratio}" if filter else "all"
+    arrays = None
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"encoded-{_cache_key(table, tokenizers, settings)}.npz"
+        arrays = _load_cache(path)
+        if arrays is not None:
+            logger.info("%s: tokenized pairs loaded from the cache %s", name, path)
+    if arrays is None:
+        arrays = _encode(table, tokenizers)
+        if filter:
+            arrays = _filter(arrays, max_length, max_length_ratio, name)
+        if path is not None:
+            _save_cache(path, arrays)
+    kept = arrays["kept"]
+    everything = len(kept) == table.num_rows
+    return EncodedCorpus(
+        arrays["src_tokens"],
+        arrays["src_offsets"],
+        arrays["tgt_tokens"],
+        arrays["tgt_offsets"],
+        table.column("src") if everything else table.column("src").take(kept),
+        table.column("tgt") if everything else table.column("tgt").take(kept),
+    )
+
+
+def _encode(table: pa.Table, tokenizers: TokenizerPair) -> dict[str, np.ndarray]:
+    result = {"kept": np.arange(table.num_rows, dtype=np.int64)}
+    for side, tokenizer in (("src", tokenizers.src), ("tgt", tokenizers.tgt)):
+        column = table.column(side)
+        pieces, lengths = [], []
+        for start in range(0, table.num_rows, _ENCODE_CHUNK):
+            ids = tokenizer.encode_batch(column.slice(start, _ENCODE_CHUNK).to_pylist())
+            chunk_lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+            flat = np.fromiter(
+                itertools.chain.from_iterable(ids), dtype=np.int32, count=int(chunk_lengths.sum())
+            )
+            pieces.append(flat)
+            lengths.append(chunk_lengths)
+        tokens, counts = _concat(pieces, np.int32), _concat(lengths, np.int64)
+        result[f"{side}_tokens"], result[f"{side}_offsets"] = _append_eos(tokens, counts)
+    return result
+
+
+def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+
+def _append_eos(tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat ids with EOS after each sequence, and the offsets of the new sequences."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths + 1, out=offsets[1:])
+    result = np.full(offsets[-1], EOS_ID, dtype=np.int32)
+    is_token = np.ones(offsets[-1], dtype=bool)
+    is_token[offsets[1:] - 1] = False
+    result[is_token] = tokens
+    return result, offsets
+
+
+def _filter(
+    arrays: dict[str, np.ndarray], max_length: int, max_length_ratio: float, name: str
+) -> dict[str, np.ndarray]:
+    src_lengths, tgt_lengths = np.diff(arrays["src_offsets"]), np.diff(arrays["tgt_offsets"])
+    too_long = (src_lengths > max_length) | (tgt_lengths > max_length)
+    shorter = np.maximum(np.minimum(src_lengths, tgt_lengths) - 1, 1)
+    longer = np.maximum(src_lengths, tgt_lengths) - 1
+    unbalanced = ~too_long & (longer > max_length_ratio * shorter)
+    keep = ~(too_long | unbalanced)
+    logger.info(
+        "%s: kept %d of %d pairs (%d with a side over %d tokens, %d with a length ratio over %g)",
+        name,
+        int(keep.sum()),
+        len(keep),
+        int(too_long.sum()),
+        max_length,
+        int(unbalanced.sum()),
+        max_length_ratio,
+    )
+    result = {"kept": arrays["kept"][keep]}
+    for side, lengths in (("src", src_lengths), ("tgt", tgt_lengths)):
+        result[f"{side}_tokens"] = arrays[f"{side}_tokens"][np.repeat(keep, lengths)]
+        offsets = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
+        np.cumsum(lengths[keep], out=offsets[1:])
+        result[f"{side}_offsets"] = offsets
+    return result
+
+
+class _HashWriter:
+    """A write-only file object that feeds a hash (to fingerprint Arrow data by streaming)."""
+
+    def __init__(self, digest: hashlib.blake2b) -> None:
+        self.digest = digest
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _cache_key(table: pa.Table, tokenizers: TokenizerPair, settings: str) -> str:
+    """Hash of the text, both tokenizer models and the filter settings."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(_CACHE_VERSION)
+    digest.update(settings.encode())
+    for model in (tokenizers.src.model_proto, tokenizers.tgt.model_proto):
+        digest.update(hashlib.blake2b(model, digest_size=16).digest())
+    sink = pa.PythonFile(_HashWriter(digest), mode="w")
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return digest.hexdigest()
+
+
+def _load_cache(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as stored:
+            return {name: stored[name] for name in stored.files}
+    except (OSError, ValueError, KeyError) as error:
+        logger.warning("ignoring the unreadable cache file %s (%s)", path, error)
+        return None
+
+
+def _save_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write the cache file atomically: a crash never leaves a half-written cache behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(file, **arrays)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- batching
+
+
+@dataclass
+class Batch:
+    """Padded tensors of one batch; `tgt_in` is `tgt_out` shifted right behind BOS."""
+
+    src: torch.Tensor  # (B, S) int64, each row ends with EOS, then PAD
+    tgt_in: torch.Tensor  # (B, T) int64: BOS y_1 ... y_n, then PAD
+    tgt_out: torch.Tensor  # (B, T) int64: y_1 ... y_n EOS, then PAD
+    indices: list[int]  # the examples' indices in their EncodedCorpus
+    num_target_tokens: int  # non-PAD entries of tgt_out (what the loss is averaged over)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def pin_memory(self) -> Batch:
+        """The same batch in page-locked memory, for asynchronous copies to the GPU."""
+        return Batch(
+            self.src.pin_memory(),
+            self.tgt_in.pin_memory(),
+            self.tgt_out.pin_memory(),
+            self.indices,
+            self.num_target_tokens,
+        )
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The same batch on `device` (the copy does not block when the memory is pinned)."""
+        non_blocking = self.src.is_pinned()
+        return Batch(
+            self.src.to(device, non_blocking=non_blocking),
+            self.tgt_in.to(device, non_blocking=non_blocking),
+            self.tgt_out.to(device, non_blocking=non_blocking),
+            self.indices,
+            self.num_target_tokens,
+        )
+
+
+def collate(examples: Sequence[Example], pad_id: int = PAD_ID) -> Batch:
+    """Pad encoded examples into a `Batch` (right padding; one numpy copy per side)."""
+    src = _pad([e.src for e in examples], pad_id)
+    tgt = _pad([e.tgt for e in examples], pad_id)
+    return _make_batch(src, tgt, [e.index for e in examples], pad_id)
+
+
+def _pad(sequences: list[np.ndarray], pad_id: int) -> np.ndarray:
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    width = int(lengths.max()) if len(lengths) else 0
+    padded = np.full((len(sequences), width), pad_id, dtype=np.int64)  # (B, L)
+    # Row-major boolean assignment fills each row's first `length` slots in order.
+    padded[np.arange(width) < lengths[:, None]] = np.concatenate(sequences) if sequences else []
+    return padded
+
+
+def _gather(tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray, pad_id: int) -> np.ndarray:
+    """Rows `tokens[starts[i] : starts[i] + lengths[i]]`, right-padded: (B, max length)."""
+    width = int(lengths.max()) if len(lengths) else 0
+    positions = np.arange(width)
+    filled = positions < lengths[:, None]  # (B, L)
+    padded = np.full(filled.shape, pad_id, dtype=np.int64)
+    padded[filled] = tokens[(starts[:, None] + positions)[filled]]
+    return padded
+
+
+def _make_batch(src: np.ndarray, tgt: np.ndarray, indices: list[int], pad_id: int) -> Batch:
+    """Build tgt_in = BOS + target from tgt_out = target + EOS, keeping PAD where tgt_out has it."""
+    tgt_in = np.empty_like(tgt)  # (B, T)
+    tgt_in[:, :1] = BOS_ID
+    tgt_in[:, 1:] = tgt[:, :-1]
+    padding = tgt == pad_id
+    tgt_in[padding] = pad_id  # the EOS shifted into the first padding slot
+    return Batch(
+        torch.from_numpy(src),
+        torch.from_numpy(tgt_in),
+        torch.from_numpy(tgt),
+        indices,
+        int(tgt.size - padding.sum()),
+    )
+
+
+class TokenBatchSampler:
+    """Length-bucketed batches of example indices that fit a token budget, padding counted.
+
+    An example costs ``max(src_length, tgt_length)`` (EOS counted, which is also the length
+    of ``tgt_in`` with its BOS), and a batch costs ``len(batch) * max cost in it``: the size
+    of its larger padded tensor. Each batch costs at most `batch_tokens`, except that an
+    example dearer than the budget gets a batch of its own (with a warning).
+
+    Each epoch the examples are sorted by cost (then source length, then at random when
+    `shuffle`), cut greedily into batches, and the order of the batches is shuffled with a
+    generator seeded by ``seed + epoch``: deterministic for a seed and an epoch, different
+    between epochs, and every example is in exactly one batch.
+
+    Sharding: rank r of `world_size` takes batches r, r + world_size, ... . So that every rank
+    gets the same number of batches, the largest batches are first split in two until the
+    count divides by `world_size`; nothing is dropped or repeated, unless every batch holds a
+    single example: then the first batches are repeated to fill the last round. Without
+    `shuffle` (validation) the batches come in sorted order and the epoch does not matter.
+    """
+
+    def __init__(
+        self,
+        src_lengths: Sequence[int] | np.ndarray,
+        tgt_lengths: Sequence[int] | np.ndarray,
+        batch_tokens: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_tokens <= 0:
+            raise ValueError(f"batch_tokens must be > 0 (got {batch_tokens})")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+        src = np.asarray(src_lengths, dtype=np.int64)
+        tgt = np.asarray(tgt_lengths, dtype=np.int64)
+        if src.shape != tgt.shape:
+            raise ValueError(f"{len(src)} source lengths but {len(tgt)} target lengths")
+        self._src_lengths = src
+        self._costs = np.maximum(np.maximum(src, tgt), 1)
+        self.batch_tokens = batch_tokens
+        self.seed = seed
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self._warned = False
+        self._memo: tuple[int, list[list[int]]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch that `__iter__` and `__len__` describe."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches(self.epoch))
+
+    def __len__(self) -> int:
+        return len(self.batches(self.epoch))
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """This rank's batches for `epoch`, in the order to train on them."""
+        if self._memo is None or self._memo[0] != epoch:
+            self._memo = (epoch, self._all_batches(epoch)[self.rank :: self.world_size])
+        return self._memo[1]
+
+    def _all_batches(self, epoch: int) -> list[list[int]]:
+        count = len(self._costs)
+        if count == 0:
+            return []
+        rng = np.random.default_rng(self.seed + epoch) if self.shuffle else None
+        if rng is not None:
+            order = np.lexsort((rng.random(count), self._src_lengths, self._costs))
+        else:
+            order = np.lexsort((self._src_lengths, self._costs))  # stable: ties by index
+        costs = self._costs[order]
+        self._warn_once(costs)
+        batches = np.split(order, self._cut_points(costs))
+        batches = _divisible(batches, self.world_size)
+        if rng is not None:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return [batch.tolist() for batch in batches]
+
+    def _cut_points(self, costs: np.ndarray) -> list[int]:
+        """Ends of the greedy batches over ascending `costs` (all but the last)."""
+        cuts, start, count = [], 0, len(costs)
+        while start < count:
+            window = costs[start : start + max(1, self.batch_tokens // int(costs[start]))]
+            # size * cost is increasing along the sorted window, so the fits form a prefix.
+            fits = np.arange(1, len(window) + 1) * window <= self.batch_tokens
+            start += max(1, int(np.count_nonzero(fits)))
+            cuts.append(start)
+        return cuts[:-1]
+
+    def _warn_once(self, costs: np.ndarray) -> None:
+        over = int(np.count_nonzero(costs > self.batch_tokens))
+        if over and not self._warned:
+            self._warned = True
+            logger.warning(
+                "%d examples are longer than batch_tokens %d (the longest has %d tokens); "
+                "each gets a batch of its own",
+                over,
+                self.batch_tokens,
+                int(costs[-1]),
+            )
+
+
+def _divisible(batches: list[np.ndarray], world_size: int) -> list[np.ndarray]:
+    """Split the largest batches until their number divides by `world_size`."""
+    batches = list(batches)
+    while len(batches) % world_size:
+        largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+        if len(batches[largest]) < 2:
+            # Nothing left to split: repeat batches so that every rank gets as many.
+            missing = world_size - len(batches) % world_size
+            return batches + [batches[i % len(batches)] for i in range(missing)]
+        half = len(batches[largest]) // 2
+        batches[largest : largest + 1] = [batches[largest][:half], batches[largest][half:]]
+    return batches
