@@ -247,12 +247,14 @@ def test_encoded_sides_end_with_eos_and_decode_to_the_text(tokenizers: Tokenizer
     src, tgt = sentences(GERMAN, 50, seed=5), sentences(ENGLISH, 50, seed=6)
     encoded = encode_corpus(small_dataset(src, tgt), tokenizers, 1000, 1000.0, filter=False)
     assert len(encoded) == 50
+    assert list(encoded.src_texts) == src and list(encoded.tgt_texts) == tgt
+    assert encoded.tgt_texts[-1] == tgt[-1] and encoded.src_texts[2:5] == src[2:5]
     for i in range(50):
         example = encoded[i]
         assert example.src[-1] == EOS_ID and example.tgt[-1] == EOS_ID
         assert EOS_ID not in example.src[:-1] and EOS_ID not in example.tgt[:-1]
-        assert tokenizers.src.decode(example.src) == src[i] == encoded.src_text(i)
-        assert tokenizers.tgt.decode(example.tgt) == tgt[i] == encoded.tgt_text(i)
+        assert tokenizers.src.decode(example.src) == src[i] == encoded.src_texts[i]
+        assert tokenizers.tgt.decode(example.tgt) == tgt[i] == encoded.tgt_texts[i]
         assert encoded.src_lengths[i] == len(example.src)
         assert encoded.tgt_lengths[i] == len(example.tgt)
 
@@ -265,7 +267,7 @@ def test_length_filter_drops_long_and_unbalanced_pairs_only(tokenizers: Tokenize
     assert min(tokens[:2]) > 20 and tokens[3] > 3 * tokens[2]  # what the test relies on
     dataset = small_dataset(*zip(short, long, unbalanced, short, strict=True))
     filtered = encode_corpus(dataset, tokenizers, max_length=20, max_length_ratio=3.0)
-    assert [filtered.tgt_text(i) for i in range(len(filtered))] == ["the house", "the house"]
+    assert list(filtered.tgt_texts) == ["the house", "the house"]
     assert max(filtered.src_lengths.max(), filtered.tgt_lengths.max()) <= 20
     everything = encode_corpus(dataset, tokenizers, 20, 3.0, filter=False)
     assert len(everything) == 4
@@ -289,7 +291,7 @@ def test_second_encoding_with_the_same_tokenizer_comes_from_the_cache(
     for i in range(len(first)):
         assert np.array_equal(first[i].src, second[i].src)
         assert np.array_equal(first[i].tgt, second[i].tgt)
-        assert first.tgt_text(i) == second.tgt_text(i)
+        assert first.tgt_texts[i] == second.tgt_texts[i]
 
 
 def test_cache_is_not_reused_when_text_or_filter_settings_change(

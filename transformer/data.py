@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, overload
 
 import datasets
 import numpy as np
@@ -263,6 +263,29 @@ class Example:
     tgt: np.ndarray  # (T,) int32
 
 
+class TextColumn(Sequence[str]):
+    """Read-only sentences kept as one Arrow array (compact; a str is made only when read)."""
+
+    def __init__(self, array: pa.Array | pa.ChunkedArray) -> None:
+        self._array = array
+
+    def __len__(self) -> int:
+        return len(self._array)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        return self._array[range(len(self))[index]].as_py()
+
+    def __iter__(self) -> Iterator[str]:
+        for start in range(0, len(self._array), _ENCODE_CHUNK):
+            yield from self._array.slice(start, _ENCODE_CHUNK).to_pylist()
+
+
 class EncodedCorpus:
     """Token ids of every kept pair, stored flat (int32 ids + int64 offsets), and their text."""
 
@@ -277,7 +300,8 @@ class EncodedCorpus:
     ) -> None:
         self._src_tokens, self._src_offsets = src_tokens, src_offsets
         self._tgt_tokens, self._tgt_offsets = tgt_tokens, tgt_offsets
-        self._src_texts, self._tgt_texts = src_texts, tgt_texts
+        self.src_texts = TextColumn(src_texts)  # the source sentences as read (stripped)
+        self.tgt_texts = TextColumn(tgt_texts)  # the target sentences: references for BLEU
         self.src_lengths = np.diff(src_offsets)  # (N,) with EOS
         self.tgt_lengths = np.diff(tgt_offsets)  # (N,) with EOS
 
@@ -289,14 +313,6 @@ class EncodedCorpus:
         src = self._src_tokens[self._src_offsets[index] : self._src_offsets[index + 1]]
         tgt = self._tgt_tokens[self._tgt_offsets[index] : self._tgt_offsets[index + 1]]
         return Example(index, src, tgt)
-
-    def src_text(self, index: int) -> str:
-        """The source sentence as it was read (stripped)."""
-        return self._src_texts[index].as_py()
-
-    def tgt_text(self, index: int) -> str:
-        """The target sentence as it was read: the reference for BLEU."""
-        return self._tgt_texts[index].as_py()
 
     def collate(self, indices: Sequence[int], pad_id: int = PAD_ID) -> Batch:
         """`collate([self[i] for i in indices])`, gathered straight from the flat arrays."""
