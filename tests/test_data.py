@@ -21,6 +21,7 @@ from transformer.data import (
     TokenBatchSampler,
     collate,
     encode_corpus,
+    iter_sentences,
     load_corpus,
 )
 from transformer.errors import UserError
@@ -234,6 +235,13 @@ def test_empty_pairs_are_skipped_and_counted(
         dataset = load_corpus(text_corpus(src, tgt), "data.train")
     assert pairs(dataset) == [("eins", "one"), ("fünf", "five")]
     assert "data.train: skipped 3 of 5 pairs with an empty side" in caplog.text
+
+
+def test_iter_sentences_yields_a_column_in_order(tmp_path: Path) -> None:
+    src, tgt = sentences(GERMAN, 120, seed=11), sentences(ENGLISH, 120, seed=12)
+    dataset = datasets.Dataset.from_dict({"src": src, "tgt": tgt}).select(range(119, -1, -1))
+    assert list(iter_sentences(dataset, "src")) == src[::-1]
+    assert list(iter_sentences(dataset, "tgt")) == tgt[::-1]
 
 
 # --------------------------------------------------------------------------- encoding

@@ -251,6 +251,14 @@ def _drop_empty_pairs(src: pa.Array, tgt: pa.Array, key: str) -> datasets.Datase
     return datasets.Dataset.from_dict({"src": table.column("src"), "tgt": table.column("tgt")})
 
 
+def iter_sentences(dataset: datasets.Dataset, column: str) -> Iterator[str]:
+    """The strings of one column, read in Arrow chunks (far faster than ``dataset[column]``).
+
+    Meant for `train_tokenizers(config, iter_sentences(d, "src"), iter_sentences(d, "tgt"), ...)`.
+    """
+    yield from TextColumn(dataset.select_columns([column]).with_format("arrow")[:].column(0))
+
+
 # --------------------------------------------------------------------------- encoding
 
 
