@@ -255,9 +255,9 @@ def test_max_output_lengths_count_non_pad_source_tokens_and_respect_the_cap() ->
 
 def test_beam_step_keeps_k_live_candidates_when_eos_candidates_rank_first() -> None:
     # Two beams; each has EOS as its best extension, so the best 2 candidates both end.
-    beam_log_prob = torch.tensor([[0.0, -1.0]])
-    log_probs = torch.log(torch.tensor([[0.0, 0.0, 0.0, 0.7, 0.2, 0.1], [0.0, 0, 0, 0.9, 0.1, 0]]))
-    step = beam_step(beam_log_prob, log_probs, eos_id=EOS)
+    beam_log_prob = torch.tensor([[0.0], [-1.0]])
+    next_log_prob = torch.log(torch.tensor([[0.0, 0, 0, 0.7, 0.2, 0.1], [0.0, 0, 0, 0.9, 0.1, 0]]))
+    step = beam_step((beam_log_prob + next_log_prob)[None], eos_id=EOS)  # (1, 2, 6)
     assert step.eos_parent.tolist() == [[0, 1]]
     assert step.eos_log_prob.tolist()[0] == pytest.approx([math.log(0.7), math.log(0.9) - 1])
     assert step.live_token.tolist() == [[4, 5]]
@@ -353,7 +353,7 @@ def test_done_sentences_leave_the_batch() -> None:
     assert model.rows_per_call == [2, 1, 1]
     model.rows_per_call.clear()
     beam_search(model, src, 2, 0.0, 10, length_penalty=0.0)
-    assert model.rows_per_call == [4, 4, 2]
+    assert model.rows_per_call == [2, 4, 2]  # the first step decodes one row per sentence
 
 
 # --------------------------------------------------------------------------- random models

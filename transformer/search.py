@@ -206,18 +206,16 @@ class BeamStep(NamedTuple):
     live_token: Tensor  # (N, K) the token each live candidate appends
 
 
-def beam_step(beam_log_prob: Tensor, log_probs: Tensor, eos_id: int) -> BeamStep:
-    """Extend N sentences' K beams (N, K) by next-token log-probs (N*K, V): one beam step.
+def beam_step(candidate_log_prob: Tensor, eos_id: int) -> BeamStep:
+    """One beam step over the log-probs (N, K, V) of every one-token extension of K beams.
 
     The best 2K of the K * V extensions are taken so that K survive even when K of them end
     in EOS (at most one per beam can). EOS candidates count only among the best K: beyond
     that rank, K better extensions exist.
     """
-    N, K = beam_log_prob.shape
-    V = log_probs.size(-1)
-    candidates = (beam_log_prob.reshape(N * K, 1) + log_probs).view(N, K * V)  # (N, K*V)
-    cand_log_prob, cand_index = candidates.topk(2 * K, dim=1)  # (N, 2K), best first
-    cand_parent = cand_index // V + torch.arange(N, device=log_probs.device)[:, None] * K
+    N, K, V = candidate_log_prob.shape
+    cand_log_prob, cand_index = candidate_log_prob.view(N, K * V).topk(2 * K, dim=1)  # (N, 2K)
+    cand_parent = cand_index // V + torch.arange(N, device=cand_index.device)[:, None] * K
     cand_token = cand_index % V  # (N, 2K)
     cand_eos = cand_token == eos_id  # (N, 2K)
     eos_log_prob = cand_log_prob[:, :K].masked_fill(~cand_eos[:, :K], -math.inf)  # (N, K)
@@ -291,10 +289,10 @@ def beam_search(
     alpha, K, device = length_penalty, beam_size, src.device
     B = src.size(0)
     max_lens = max_output_lengths(src, max_len_a, max_len_b, pad_id, _position_cap(model))
-    src_mask = model.source_mask(src)  # (B, 1, 1, S)
-    memory = model.encode(src, src_mask)  # (B, S, D)
-    memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, D)
-    src_mask = src_mask.repeat_interleave(K, dim=0)  # (B*K, 1, 1, S)
+    first_src_mask = model.source_mask(src)  # (B, 1, 1, S)
+    first_memory = model.encode(src, first_src_mask)  # (B, S, D)
+    memory = first_memory.repeat_interleave(K, dim=0)  # (B*K, S, D)
+    src_mask = first_src_mask.repeat_interleave(K, dim=0)  # (B*K, 1, 1, S)
     cache = model.new_cache() if use_cache else None
     finished = [_Finished(K) for _ in range(B)]
     active = list(range(B))  # original index of each active sentence
@@ -304,10 +302,28 @@ def beam_search(
     beam_log_prob[:, 0] = 0.0
     step = 0
     while active:
-        log_probs = _next_log_probs(
-            model, tokens, memory, src_mask, cache, step < min_length, eos_id, pad_id
-        )  # (N*K, V)
-        result = beam_step(beam_log_prob, log_probs, eos_id)
+        if step == 0:
+            # Every beam is BOS: decode one row per sentence and copy it to the K beams, so
+            # the cache also projects each sentence's cross-attention keys/values only once.
+            copies = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,)
+            log_probs = _next_log_probs(
+                model,
+                tokens[::K],
+                first_memory,
+                first_src_mask,
+                cache,
+                min_length > 0,
+                eos_id,
+                pad_id,
+            )[copies]  # (B*K, V)
+            if cache is not None:
+                cache.reorder(copies)
+        else:
+            log_probs = _next_log_probs(
+                model, tokens, memory, src_mask, cache, step < min_length, eos_id, pad_id
+            )  # (N*K, V)
+        log_probs += beam_log_prob.view(-1, 1)  # in place: the full (N*K, V) copy costs
+        result = beam_step(log_probs.view(len(active), K, -1), eos_id)
         step += 1
 
         # Bookkeeping on the CPU, per sentence; it moves only the few finished hypotheses.

@@ -1,0 +1,226 @@
+"""Decoding speed: sentences/s and tokens/s of greedy and beam search, with and without the cache.
+
+Decodes the 1,000 English sentences of Multi30k test_2016_flickr (or synthetic sentences when
+the file is absent) in batches of 64 with a randomly initialised Transformer (d_model 256,
+3 + 3 layers, 4 heads, d_ff 1024, one shared 8k vocabulary). There is no trained tokenizer
+here, so each whitespace-separated word is mapped to a fixed pseudo-random id (CRC32 of the
+word) and EOS is appended; as in the translator, batches are cut from the sentences sorted by
+length, so little encoder work goes to padding. A random model says EOS at random, so every
+output is forced to exactly `--length` tokens (min_length = max length = 20), and tokens/s
+is 20 x sentences/s. The slow runs without the cache decode only `--uncached-sentences`.
+
+    python scripts/benchmark_decode.py            # the full run, CPU with 2 threads (+ CUDA)
+    python scripts/benchmark_decode.py --quick    # 128 sentences, a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import random
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from transformer.config import ModelConfig
+from transformer.model import Transformer
+from transformer.search import beam_search, greedy_search
+
+PAD_ID, EOS_ID, FIRST_WORD_ID = 0, 3, 4
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "multi30k"
+TEST_FILE = "test_2016_flickr.en.gz"
+
+
+@dataclass
+class Result:
+    """One timed configuration."""
+
+    mode: str
+    cache: bool
+    device: str
+    sentences: int
+    seconds: float
+    tokens: int
+
+    @property
+    def sentences_per_second(self) -> float:
+        """Sentences decoded per second."""
+        return self.sentences / self.seconds
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Output tokens (of the best hypothesis) per second."""
+        return self.tokens / self.seconds
+
+
+def read_sentences(data_dir: Path, limit: int) -> tuple[list[str], str]:
+    """The first `limit` test sentences, or synthetic ones when the file is missing."""
+    path = data_dir / TEST_FILE
+    if path.is_file():
+        with gzip.open(path, "rt", encoding="utf-8") as file:
+            lines = [line.strip() for line in file][:limit]
+        return lines, str(path)
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(5000)]
+    lines = [" ".join(rng.choices(words, k=rng.randint(5, 20))) for _ in range(limit)]
+    return lines, f"synthetic ({path} not found)"
+
+
+def word_ids(sentence: str, vocab_size: int) -> list[int]:
+    """Each word -> a fixed id in [4, vocab_size) from its CRC32, then EOS."""
+    span = vocab_size - FIRST_WORD_ID
+    return [FIRST_WORD_ID + zlib.crc32(w.encode()) % span for w in sentence.split()] + [EOS_ID]
+
+
+def batches(sentences: list[list[int]], batch_size: int, device: torch.device) -> list[Tensor]:
+    """Padded (B, S) id tensors of `batch_size` sentences, longest first (as the translator)."""
+    ordered = sorted(sentences, key=len, reverse=True)
+    result = []
+    for start in range(0, len(ordered), batch_size):
+        chunk = ordered[start : start + batch_size]
+        width = max(len(ids) for ids in chunk)
+        padded = [ids + [PAD_ID] * (width - len(ids)) for ids in chunk]
+        result.append(torch.tensor(padded, dtype=torch.long, device=device))
+    return result
+
+
+def random_model(vocab_size: int, seed: int) -> Transformer:
+    """The benchmark's model, randomly initialised, in eval mode."""
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        src_vocab_size=vocab_size,
+        tgt_vocab_size=vocab_size,
+        d_model=256,
+        num_heads=4,
+        d_ff=1024,
+        num_encoder_layers=3,
+        num_decoder_layers=3,
+        share_embeddings=True,
+    )
+    return Transformer(config).eval()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work so that the clock measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_decoding(
+    decode: Callable[[Tensor], list[list[int]]],
+    inputs: list[Tensor],
+    device: torch.device,
+    length: int,
+) -> tuple[float, int]:
+    """Seconds to decode every batch, and the number of output tokens produced."""
+    decode(inputs[0][:4])  # warm-up: allocations, kernels, thread pools
+    synchronize(device)
+    start = time.perf_counter()
+    lengths = [n for batch in inputs for n in decode(batch)]
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    if any(n != length for n in lengths):
+        raise RuntimeError(f"outputs should have {length} tokens, got lengths {set(lengths)}")
+    return seconds, sum(lengths)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Time every mode x cache x device and print the table."""
+    torch.set_num_threads(args.threads)
+    count = 128 if args.quick else args.sentences
+    texts, source = read_sentences(args.data, count)
+    ids = [word_ids(text, args.vocab_size) for text in texts]
+    model = random_model(args.vocab_size, args.seed)
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available() and not args.cpu_only:
+        devices.append(torch.device("cuda"))
+    print(f"sentences: {len(ids)} from {source}; source length mean {_mean_length(ids):.1f}")
+    print(
+        f"model: d_model 256, 3+3 layers, 4 heads, d_ff 1024, vocab {args.vocab_size} "
+        f"(random, {model.num_parameters() / 1e6:.1f}M parameters); batches of "
+        f"{args.batch_size}; outputs forced to {args.length} tokens; CPU threads "
+        f"{torch.get_num_threads()}"
+    )
+    length = args.length
+    results = []
+    for device in devices:
+        model.to(device)
+        for mode, beam in (("greedy", 1), (f"beam {args.beam}", args.beam)):
+            for cache in (True, False):
+                subset = ids if cache else ids[: args.uncached_sentences]
+                inputs = batches(subset, args.batch_size, device)
+
+                def decode(src: Tensor, beam: int = beam, cache: bool = cache) -> list[int]:
+                    if beam == 1:
+                        out = greedy_search(model, src, 0.0, length, length, use_cache=cache)
+                    else:
+                        out = beam_search(
+                            model, src, beam, 0.0, length, min_length=length, use_cache=cache
+                        )
+                    return [len(hypotheses[0].tokens) for hypotheses in out]
+
+                seconds, tokens = time_decoding(decode, inputs, device, length)
+                results.append(Result(mode, cache, device.type, len(subset), seconds, tokens))
+                _print_row(results[-1])
+    print()
+    _print_table(results)
+    for device in devices:
+        timed = {(r.mode, r.cache): r for r in results if r.device == device.type}
+        cached, uncached = timed[(f"beam {args.beam}", True)], timed[(f"beam {args.beam}", False)]
+        speedup = cached.sentences_per_second / uncached.sentences_per_second
+        print(f"cache speedup for beam {args.beam} on {device.type}: {speedup:.1f}x")
+    return 0
+
+
+def _mean_length(ids: list[list[int]]) -> float:
+    return sum(len(x) for x in ids) / max(len(ids), 1)
+
+
+def _print_row(result: Result) -> None:
+    print(
+        f"  {result.mode:<8} cache={'yes' if result.cache else 'no ':<3} {result.device:<4} "
+        f"{result.sentences:>5} sentences in {result.seconds:7.2f} s",
+        flush=True,
+    )
+
+
+def _print_table(results: list[Result]) -> None:
+    print(f"{'mode':<8} {'cache':<5} {'device':<6} {'sentences/s':>12} {'tokens/s':>10}")
+    for r in results:
+        print(
+            f"{r.mode:<8} {'yes' if r.cache else 'no':<5} {r.device:<6} "
+            f"{r.sentences_per_second:>12.1f} {r.tokens_per_second:>10.0f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the options and run the benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Multi30k folder")
+    parser.add_argument("--sentences", type=int, default=1000, help="how many to decode")
+    parser.add_argument("--quick", action="store_true", help="only 128 sentences")
+    parser.add_argument(
+        "--uncached-sentences",
+        type=int,
+        default=256,
+        help="how many sentences the slow no-cache runs decode (default 256)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--length", type=int, default=20, help="forced output length")
+    parser.add_argument("--vocab-size", type=int, default=8000)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--cpu-only", action="store_true", help="skip CUDA even if present")
+    parser.add_argument("--seed", type=int, default=1)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
