@@ -8,6 +8,8 @@ word) and EOS is appended; as in the translator, batches are cut from the senten
 length, so little encoder work goes to padding. A random model says EOS at random, so every
 output is forced to exactly `--length` tokens (min_length = max length = 20), and tokens/s
 is 20 x sentences/s. The slow runs without the cache decode only `--uncached-sentences`.
+"busy cores" is CPU time over wall time: below `--threads` when other programs share the CPU,
+where OMP_WAIT_POLICY=PASSIVE in the environment saves much time lost to spinning threads.
 
     python scripts/benchmark_decode.py            # the full run, CPU with 2 threads (+ CUDA)
     python scripts/benchmark_decode.py --quick    # 128 sentences, a smoke test
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import os
 import random
 import sys
 import time
@@ -47,12 +50,18 @@ class Result:
     device: str
     sentences: int
     seconds: float
+    cpu_seconds: float
     tokens: int
 
     @property
     def sentences_per_second(self) -> float:
         """Sentences decoded per second."""
         return self.sentences / self.seconds
+
+    @property
+    def cpu_share(self) -> float:
+        """Cores kept busy on average: below the thread count when others use the CPU."""
+        return self.cpu_seconds / self.seconds
 
     @property
     def tokens_per_second(self) -> float:
@@ -114,21 +123,21 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_decoding(
-    decode: Callable[[Tensor], list[list[int]]],
+    decode: Callable[[Tensor], list[int]],
     inputs: list[Tensor],
     device: torch.device,
     length: int,
-) -> tuple[float, int]:
-    """Seconds to decode every batch, and the number of output tokens produced."""
+) -> tuple[float, float, int]:
+    """Wall and CPU seconds to decode every batch, and the number of output tokens produced."""
     decode(inputs[0][:4])  # warm-up: allocations, kernels, thread pools
     synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     lengths = [n for batch in inputs for n in decode(batch)]
     synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     if any(n != length for n in lengths):
         raise RuntimeError(f"outputs should have {length} tokens, got lengths {set(lengths)}")
-    return seconds, sum(lengths)
+    return seconds, cpu_seconds, sum(lengths)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     count = 128 if args.quick else args.sentences
     texts, source = read_sentences(args.data, count)
     ids = [word_ids(text, args.vocab_size) for text in texts]
-    model = random_model(args.vocab_size, args.seed)
+    model = random_model(args.vocab_size, args.seed).to(getattr(torch, args.dtype))
     devices = [torch.device("cpu")]
     if torch.cuda.is_available() and not args.cpu_only:
         devices.append(torch.device("cuda"))
@@ -145,9 +154,11 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"model: d_model 256, 3+3 layers, 4 heads, d_ff 1024, vocab {args.vocab_size} "
         f"(random, {model.num_parameters() / 1e6:.1f}M parameters); batches of "
-        f"{args.batch_size}; outputs forced to {args.length} tokens; CPU threads "
+        f"{args.batch_size}; outputs forced to {args.length} tokens; {args.dtype}; CPU threads "
         f"{torch.get_num_threads()}"
     )
+    if torch.get_num_threads() > 1 and "OMP_WAIT_POLICY" not in os.environ:
+        print("hint: on a busy machine, OMP_WAIT_POLICY=PASSIVE keeps idle threads from spinning")
     length = args.length
     results = []
     for device in devices:
@@ -158,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
                 inputs = batches(subset, args.batch_size, device)
 
                 def decode(src: Tensor, beam: int = beam, cache: bool = cache) -> list[int]:
+                    """Output lengths of the best hypotheses for one batch."""
                     if beam == 1:
                         out = greedy_search(model, src, 0.0, length, length, use_cache=cache)
                     else:
@@ -166,8 +178,10 @@ def run(args: argparse.Namespace) -> int:
                         )
                     return [len(hypotheses[0].tokens) for hypotheses in out]
 
-                seconds, tokens = time_decoding(decode, inputs, device, length)
-                results.append(Result(mode, cache, device.type, len(subset), seconds, tokens))
+                seconds, cpu_seconds, tokens = time_decoding(decode, inputs, device, length)
+                results.append(
+                    Result(mode, cache, device.type, len(subset), seconds, cpu_seconds, tokens)
+                )
                 _print_row(results[-1])
     print()
     _print_table(results)
@@ -192,11 +206,14 @@ def _print_row(result: Result) -> None:
 
 
 def _print_table(results: list[Result]) -> None:
-    print(f"{'mode':<8} {'cache':<5} {'device':<6} {'sentences/s':>12} {'tokens/s':>10}")
+    print(
+        f"{'mode':<8} {'cache':<5} {'device':<6} {'sentences/s':>12} {'tokens/s':>10} "
+        f"{'busy cores':>10}"
+    )
     for r in results:
         print(
             f"{r.mode:<8} {'yes' if r.cache else 'no':<5} {r.device:<6} "
-            f"{r.sentences_per_second:>12.1f} {r.tokens_per_second:>10.0f}"
+            f"{r.sentences_per_second:>12.1f} {r.tokens_per_second:>10.0f} {r.cpu_share:>10.2f}"
         )
 
 
@@ -218,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--cpu-only", action="store_true", help="skip CUDA even if present")
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32", help="model weights"
+    )
     parser.add_argument("--seed", type=int, default=1)
     return run(parser.parse_args(argv))
 
