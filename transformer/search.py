@@ -256,6 +256,39 @@ class _Finished:
         return self.hypotheses[-1].score if self.full else -math.inf
 
 
+def _finish_eos_candidates(
+    result: BeamStep, tokens: Tensor, finished: list[_Finished], alpha: float
+) -> None:
+    """Record each sentence's EOS candidates; only these few rows are copied to the CPU."""
+    hits = result.eos_log_prob.isfinite().nonzero()  # (E, 2): sentence, rank
+    parents = result.eos_parent[hits[:, 0], hits[:, 1]]  # (E,)
+    for i, ids, log_prob in zip(
+        hits[:, 0].tolist(),
+        tokens[parents, 1:].tolist(),
+        result.eos_log_prob[hits[:, 0], hits[:, 1]].tolist(),
+        strict=True,
+    ):
+        finished[i].add(ids, log_prob, len(ids) + 1, alpha)
+
+
+def _finish_live(
+    result: BeamStep, tokens: Tensor, sentences: list[int], finished: list[_Finished], alpha: float
+) -> None:
+    """Record the live hypotheses of `sentences` (at their maximum length) as they are."""
+    rows = torch.tensor(sentences, device=tokens.device)
+    K = result.live_token.size(1)
+    ids = torch.cat(
+        [tokens[result.live_parent[rows].view(-1), 1:], result.live_token[rows].view(-1, 1)],
+        dim=1,
+    ).view(len(sentences), K, -1)  # (L, K, T)
+    for sentence, ids_k, log_prob_k in zip(
+        finished, ids.tolist(), result.live_log_prob[rows].tolist(), strict=True
+    ):
+        for hypothesis, log_prob in zip(ids_k, log_prob_k, strict=True):
+            if log_prob > -math.inf:
+                sentence.add(hypothesis, log_prob, len(hypothesis), alpha)
+
+
 @torch.inference_mode()
 def beam_search(
     model: Seq2SeqModel,
@@ -322,36 +355,14 @@ def beam_search(
             log_probs = _next_log_probs(
                 model, tokens, memory, src_mask, cache, step < min_length, eos_id, pad_id
             )  # (N*K, V)
-        log_probs += beam_log_prob.view(-1, 1)  # in place: the full (N*K, V) copy costs
+        log_probs += beam_log_prob.view(-1, 1)  # in place: one (N*K, V) tensor fewer per step
         result = beam_step(log_probs.view(len(active), K, -1), eos_id)
         step += 1
 
-        # Bookkeeping on the CPU, per sentence; it moves only the few finished hypotheses.
-        hits = result.eos_log_prob.isfinite().nonzero()  # (E, 2): sentence, rank
-        hit_rows = result.eos_parent[hits[:, 0], hits[:, 1]]  # (E,)
-        for i, ids, lp in zip(
-            hits[:, 0].tolist(),
-            tokens[hit_rows, 1:].tolist(),
-            result.eos_log_prob[hits[:, 0], hits[:, 1]].tolist(),
-            strict=True,
-        ):
-            finished[active[i]].add(ids, lp, len(ids) + 1, alpha)
+        _finish_eos_candidates(result, tokens, [finished[b] for b in active], alpha)
         at_limit = [i for i, b in enumerate(active) if max_lens[b] <= step]
         if at_limit:
-            rows = torch.tensor(at_limit, device=device)
-            live_ids = torch.cat(
-                [
-                    tokens[result.live_parent[rows].view(-1), 1:],
-                    result.live_token[rows].view(-1, 1),
-                ],
-                dim=1,
-            ).view(len(at_limit), K, step)  # (L, K, step)
-            for i, ids_k, lp_k in zip(
-                at_limit, live_ids.tolist(), result.live_log_prob[rows].tolist(), strict=True
-            ):
-                for ids, lp in zip(ids_k, lp_k, strict=True):
-                    if lp > -math.inf:
-                        finished[active[i]].add(ids, lp, step, alpha)
+            _finish_live(result, tokens, at_limit, [finished[active[i]] for i in at_limit], alpha)
         best_live = result.live_log_prob[:, 0].tolist()  # (N,)
         done = [
             max_lens[b] <= step
