@@ -216,6 +216,7 @@ class TrainingConfig:
     clip_grad_norm: float = 1.0
     log_every: int = 100
     eval_every: int = 1000
+    save_every: int = 0
     eval_bleu: bool = True
     eval_samples: int = 3
     keep_best: int = 3
@@ -236,6 +237,7 @@ class TrainingConfig:
         _positive("optimizer_eps", self.optimizer_eps)
         _positive("weight_decay", self.weight_decay, allow_zero=True)
         _positive("clip_grad_norm", self.clip_grad_norm, allow_zero=True)
+        _positive("save_every", self.save_every, allow_zero=True)
         _positive("keep_best", self.keep_best, allow_zero=True)
         _positive("eval_samples", self.eval_samples, allow_zero=True)
         _positive("early_stopping_patience", self.early_stopping_patience, allow_zero=True)

@@ -20,6 +20,13 @@ def setup_logging(verbose: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("transformer").setLevel(logging.DEBUG if verbose else logging.INFO)
+    try:  # the datasets library draws its own progress bars while loading files
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        pass
 
 
 def run_command(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:

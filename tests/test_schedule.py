@@ -1,0 +1,42 @@
+"""Learning-rate schedules: the paper's formula, warm-up, decay."""
+
+import math
+
+import pytest
+
+from transformer.config import TrainingConfig
+from transformer.schedule import cosine_lr, inverse_sqrt_lr, learning_rate, noam_lr
+
+
+def test_noam_follows_the_papers_formula():
+    d_model, warmup = 512, 4000
+    for step in (1, 100, 4000, 10_000):
+        expected = d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
+        assert noam_lr(step, d_model, warmup) == pytest.approx(expected)
+
+
+def test_noam_peaks_at_the_end_of_warmup():
+    rates = [noam_lr(step, 256, 100) for step in range(1, 400)]
+    assert max(rates) == pytest.approx(noam_lr(100, 256, 100))
+    assert rates.index(max(rates)) == 99
+
+
+def test_inverse_sqrt_warms_up_linearly_then_decays_as_inverse_square_root():
+    assert inverse_sqrt_lr(50, 1e-3, 100) == pytest.approx(5e-4)
+    assert inverse_sqrt_lr(100, 1e-3, 100) == pytest.approx(1e-3)
+    assert inverse_sqrt_lr(400, 1e-3, 100) == pytest.approx(5e-4)
+
+
+def test_cosine_reaches_min_lr_at_the_last_step():
+    assert cosine_lr(100, 1e-3, 100, 1100, 1e-5) == pytest.approx(1e-3)
+    assert cosine_lr(600, 1e-3, 100, 1100, 1e-5) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert cosine_lr(1100, 1e-3, 100, 1100, 1e-5) == pytest.approx(1e-5)
+    assert cosine_lr(5000, 1e-3, 100, 1100, 1e-5) == pytest.approx(1e-5)
+
+
+def test_learning_rate_dispatches_on_the_configured_schedule():
+    config = TrainingConfig(schedule="constant", lr=3e-4)
+    assert learning_rate(7, config, 512) == 3e-4
+    config = TrainingConfig(schedule="noam", lr_scale=2.0, warmup_steps=10)
+    assert learning_rate(10, config, 64) == pytest.approx(2.0 * 64**-0.5 * 10**-0.5)
+    assert all(math.isfinite(learning_rate(s, config, 64)) for s in range(0, 50))

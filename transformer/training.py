@@ -1,0 +1,436 @@
+"""Training: the loss, the optimisation loop, validation, checkpoints and resumption.
+
+Shape legend: B batch, S source length, T target length, V target vocabulary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from transformer.checkpoint import (
+    METRICS_FILE,
+    checkpoint_dir,
+    load_checkpoint,
+    save_checkpoint,
+)
+from transformer.config import Config, config_to_dict
+from transformer.data import EncodedCorpus, TokenBatchSampler
+from transformer.device import autocast_dtype
+from transformer.distributed import DistributedContext
+from transformer.errors import UserError
+from transformer.evaluate import corpus_scores
+from transformer.model import Transformer
+from transformer.schedule import learning_rate
+from transformer.search import greedy_search
+from transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerPair
+
+logger = logging.getLogger(__name__)
+
+
+def label_smoothed_loss(logits: Tensor, target: Tensor, smoothing: float, pad_id: int) -> Tensor:
+    """Summed cross-entropy against (1 - ε)·one-hot + ε/V, padding positions ignored.
+
+    logits (B, T, V), target (B, T) -> scalar (a sum: callers divide by the token count).
+    """
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(),  # (B·T, V)
+        target.reshape(-1),  # (B·T,)
+        ignore_index=pad_id,
+        label_smoothing=smoothing,
+        reduction="sum",
+    )
+
+
+@dataclass
+class ValidationResult:
+    """What one validation measured."""
+
+    loss: float
+    perplexity: float
+    bleu: float | None = None
+    chrf: float | None = None
+    samples: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def metric(self) -> float:
+        """Higher is better: BLEU when computed, else the negative loss."""
+        return self.bleu if self.bleu is not None else -self.loss
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint to resume exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    next_batch: int = 0
+    best_metric: float | None = None
+    evals_without_improvement: int = 0
+    kept: list[list[Any]] = field(default_factory=list)  # [[metric, file name], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only, as `torch.load(weights_only=True)` requires."""
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "next_batch": self.next_batch,
+            "best_metric": self.best_metric,
+            "evals_without_improvement": self.evals_without_improvement,
+            "kept": self.kept,
+        }
+
+
+class Trainer:
+    """Runs the optimisation loop over token-budget batches, validating and checkpointing."""
+
+    def __init__(
+        self,
+        config: Config,
+        model: Transformer,
+        tokenizers: TokenizerPair,
+        train_data: EncodedCorpus,
+        valid_data: EncodedCorpus | None,
+        run_dir: Path,
+        device: torch.device,
+        context: DistributedContext | None = None,
+    ) -> None:
+        self.config = config
+        self.cfg = config.training
+        self.model = model  # the plain module: its state is what checkpoints hold
+        self.tokenizers = tokenizers
+        self.train_data = train_data
+        self.valid_data = valid_data
+        self.run_dir = Path(run_dir)
+        self.device = device
+        self.context = context or DistributedContext()
+        self.progress = Progress()
+        self.amp_dtype = autocast_dtype(self.cfg.precision, device)
+        self.optimizer = torch.optim.Adam(
+            model.parameters(),
+            lr=0.0,
+            betas=(self.cfg.optimizer_betas[0], self.cfg.optimizer_betas[1]),
+            eps=self.cfg.optimizer_eps,
+            weight_decay=self.cfg.weight_decay,
+        )
+        self.scaler = torch.amp.GradScaler(
+            device.type, enabled=self.amp_dtype == torch.float16
+        )
+        self.sampler = TokenBatchSampler(
+            train_data.src_lengths,
+            train_data.tgt_lengths,
+            batch_tokens=self.cfg.batch_tokens,
+            seed=self.cfg.seed,
+            shuffle=True,
+            rank=self.context.rank,
+            world_size=self.context.world_size,
+        )
+        self.network: nn.Module = model
+        if self.context.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.network = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if self.cfg.compile:
+            self.network = torch.compile(self.network)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where training stands."""
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "model": self.model.state_dict(),
+            "config": config_to_dict(self.config),
+            "step": self.progress.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "schedule": {"name": self.cfg.schedule, "step": self.progress.step},
+            "progress": self.progress.to_dict(),
+            "rng": rng,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore model, optimizer, scaler, progress and random-number states."""
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            self.progress = Progress(**state["progress"])
+            torch.set_rng_state(state["rng"]["torch"].cpu())
+            if self.device.type == "cuda" and "cuda" in state["rng"]:
+                torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+        except (KeyError, RuntimeError, ValueError, TypeError) as error:
+            reason = str(error).splitlines()[0][:200]
+            raise UserError(
+                f"checkpoint does not match this run ({reason}); resume with the run's own "
+                "config or start a new run directory"
+            ) from None
+
+    def resume(self, path: Path) -> None:
+        """Continue from a checkpoint written by `save`."""
+        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        logger.info(
+            "resumed from %s at step %d (epoch %d, batch %d)",
+            path,
+            self.progress.step,
+            self.progress.epoch + 1,
+            self.progress.next_batch,
+        )
+
+    def save(self, result: ValidationResult | None = None, improved: bool = False) -> None:
+        """Write last.pt; after a validation also the k best step files, and best.pt if improved.
+
+        The state is written once; the other names are hard links to it (each made atomically).
+        """
+        if not self.context.is_main:
+            return
+        directory = checkpoint_dir(self.run_dir)
+        keep_name, dropped = None, []
+        if result is not None and self.cfg.keep_best > 0:
+            keep_name = f"step_{self.progress.step:08d}.pt"
+            ranked = sorted(
+                self.progress.kept + [[result.metric(), keep_name]], key=lambda kv: -kv[0]
+            )
+            self.progress.kept, dropped = ranked[: self.cfg.keep_best], ranked[self.cfg.keep_best :]
+            if all(name != keep_name for _, name in self.progress.kept):
+                keep_name = None
+        state = self.state_dict()
+        if result is not None:
+            state["metrics"] = {"loss": result.loss, "bleu": result.bleu, "chrf": result.chrf}
+        last = directory / "last.pt"
+        save_checkpoint(state, last)
+        if keep_name:
+            link_checkpoint(last, directory / keep_name)
+        for _, name in dropped:
+            (directory / name).unlink(missing_ok=True)
+        if improved:
+            link_checkpoint(last, directory / "best.pt")
+
+    # ------------------------------------------------------------------ steps
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The one mixed-precision context (a no-op in fp32)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train_step(self, batches: list[list[int]]) -> tuple[float, int]:
+        """One optimizer step over `batches` (gradient accumulation); -> (loss sum, tokens)."""
+        self.network.train()
+        collated = [self.train_data.collate(indices, PAD_ID).to(self.device) for indices in batches]
+        num_tokens = sum(batch.num_target_tokens for batch in collated)
+        loss_total = torch.zeros((), device=self.device)
+        for k, batch in enumerate(collated):
+            last = k == len(collated) - 1
+            sync = self.context.enabled and not last
+            with self.network.no_sync() if sync else contextlib.nullcontext():  # type: ignore[operator]
+                with self.autocast():
+                    logits = self.network(batch.src, batch.tgt_in)  # (B, T, V)
+                    loss = label_smoothed_loss(
+                        logits, batch.tgt_out, self.cfg.label_smoothing, PAD_ID
+                    )
+                self.scaler.scale(loss / max(num_tokens, 1)).backward()
+            loss_total += loss.detach()
+        step = self.progress.step + 1
+        lr = learning_rate(step, self.cfg, self.config.model.d_model)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.cfg.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.step = step
+        return float(loss_total), num_tokens
+
+    # ------------------------------------------------------------------ validation
+
+    @torch.inference_mode()
+    def validate(self) -> ValidationResult | None:
+        """Loss, perplexity and (optionally) BLEU/chrF of greedy translations of the valid set."""
+        if self.valid_data is None or len(self.valid_data) == 0:
+            return None
+        self.model.eval()
+        sampler = TokenBatchSampler(
+            self.valid_data.src_lengths,
+            self.valid_data.tgt_lengths,
+            batch_tokens=self.cfg.batch_tokens,
+            seed=0,
+            shuffle=False,
+        )
+        nll_sum, tokens = 0.0, 0
+        hypotheses: dict[int, str] = {}
+        for indices in sampler.batches(0):
+            batch = self.valid_data.collate(indices, PAD_ID).to(self.device)
+            with self.autocast():
+                logits = self.model(batch.src, batch.tgt_in)
+                nll_sum += float(label_smoothed_loss(logits, batch.tgt_out, 0.0, PAD_ID))
+            tokens += batch.num_target_tokens
+            if self.cfg.eval_bleu:
+                decoding = self.config.decoding
+                with self.autocast():
+                    outputs = greedy_search(
+                        self.model,
+                        batch.src,
+                        max_len_a=decoding.max_len_a,
+                        max_len_b=decoding.max_len_b,
+                        bos_id=BOS_ID,
+                        eos_id=EOS_ID,
+                        pad_id=PAD_ID,
+                    )
+                for index, hypothesis in zip(indices, outputs, strict=True):
+                    hypotheses[index] = self.tokenizers.tgt.decode(hypothesis[0].tokens)
+        loss = nll_sum / max(tokens, 1)
+        result = ValidationResult(loss=loss, perplexity=math.exp(min(loss, 50.0)))
+        if self.cfg.eval_bleu:
+            order = range(len(self.valid_data))
+            hyps = [hypotheses[i] for i in order]
+            refs = [self.valid_data.tgt_texts[i] for i in order]
+            scores = corpus_scores(hyps, [refs])
+            result.bleu, result.chrf = scores.bleu, scores.chrf
+            result.samples = [
+                (self.valid_data.src_texts[i], refs[i], hyps[i])
+                for i in list(order)[: self.cfg.eval_samples]
+            ]
+        return result
+
+    def record(self, result: ValidationResult, train_loss: float, lr: float, elapsed: float) -> None:
+        """Log a validation and append it to metrics.jsonl."""
+        bleu = "" if result.bleu is None else f" BLEU {result.bleu:.2f} chrF {result.chrf:.2f}"
+        logger.info(
+            "step %d: valid loss %.3f ppl %.2f%s",
+            self.progress.step,
+            result.loss,
+            result.perplexity,
+            bleu,
+        )
+        for source, reference, hypothesis in result.samples:
+            logger.info("  source:     %s", source)
+            logger.info("  reference:  %s", reference)
+            logger.info("  hypothesis: %s", hypothesis)
+        entry = {
+            "step": self.progress.step,
+            "epoch": self.progress.epoch + 1,
+            "elapsed_s": round(elapsed, 2),
+            "lr": lr,
+            "train_loss": train_loss,
+            "valid_loss": result.loss,
+            "valid_ppl": result.perplexity,
+            "bleu": result.bleu,
+            "chrf": result.chrf,
+        }
+        with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+    def evaluate_and_save(self, train_loss: float, lr: float, elapsed: float) -> bool:
+        """Validate (rank 0), checkpoint, and say whether early stopping ends training."""
+        stop = False
+        if self.context.is_main:
+            result = self.validate()
+            improved = False
+            if result is not None:
+                self.record(result, train_loss, lr, elapsed)
+                best = self.progress.best_metric
+                improved = best is None or result.metric() > best
+                if improved:
+                    self.progress.best_metric = result.metric()
+                    self.progress.evals_without_improvement = 0
+                else:
+                    self.progress.evals_without_improvement += 1
+                patience = self.cfg.early_stopping_patience
+                if patience and self.progress.evals_without_improvement >= patience:
+                    logger.info("early stopping: no improvement in %d validations", patience)
+                    stop = True
+            self.save(result, improved)
+        return self.context.broadcast_flag(stop, self.device)
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> Progress:
+        """Train until max_steps or max_epochs (whichever comes first) or early stopping."""
+        cfg, progress = self.cfg, self.progress
+        start_time = time.perf_counter()
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=progress.step,
+            disable=None if (cfg.progress_bar and self.context.is_main) else True,
+            dynamic_ncols=True,
+            unit="step",
+        )
+        window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+        last_eval_step = progress.step
+        stop = progress.step >= cfg.max_steps
+        train_loss, lr = math.nan, 0.0
+        while not stop and progress.epoch < cfg.max_epochs:
+            batches = self.sampler.batches(progress.epoch)
+            while progress.next_batch < len(batches):
+                group = batches[progress.next_batch : progress.next_batch + cfg.accumulate_steps]
+                loss_sum, tokens = self.train_step(group)
+                progress.next_batch += len(group)
+                window_loss += loss_sum
+                window_tokens += tokens
+                lr = self.optimizer.param_groups[0]["lr"]
+                train_loss = loss_sum / max(tokens, 1)
+                rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
+                if progress.step % cfg.log_every == 0:
+                    logger.info(
+                        "step %d epoch %d: loss %.3f lr %.2e %.0f target tokens/s",
+                        progress.step,
+                        progress.epoch + 1,
+                        window_loss / max(window_tokens, 1),
+                        lr,
+                        rate,
+                    )
+                    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+                if progress.step % cfg.eval_every == 0:
+                    last_eval_step = progress.step
+                    elapsed = time.perf_counter() - start_time
+                    if self.evaluate_and_save(train_loss, lr, elapsed):
+                        stop = True
+                        break
+                elif cfg.save_every and progress.step % cfg.save_every == 0:
+                    self.save(None)
+                if progress.step >= cfg.max_steps:
+                    stop = True
+                    break
+            else:
+                progress.epoch += 1
+                progress.next_batch = 0
+        bar.close()
+        if last_eval_step != progress.step:
+            self.evaluate_and_save(train_loss, lr, time.perf_counter() - start_time)
+        logger.info(
+            "training finished at step %d (epoch %d) after %.1f s",
+            progress.step,
+            progress.epoch + 1,
+            time.perf_counter() - start_time,
+        )
+        return progress
+
+
+def link_checkpoint(source: Path, target: Path) -> None:
+    """Make `target` name the same file as `source`, atomically (a copy where links fail)."""
+    temporary = target.with_name(f".{target.name}.link")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+    except OSError:
+        shutil.copyfile(source, temporary)
+    os.replace(temporary, target)
