@@ -112,9 +112,7 @@ def test_run_directory_is_self_contained(tmp_path):
 
 
 def test_keep_best_keeps_only_the_k_best_step_checkpoints(tmp_path):
-    config = tiny_config(
-        tmp_path, training={"max_steps": 12, "eval_every": 3, "keep_best": 2}
-    )
+    config = tiny_config(tmp_path, training={"max_steps": 12, "eval_every": 3, "keep_best": 2})
     run_dir = tmp_path / "run"
     assert train_main(["--config", str(config), "--run-dir", str(run_dir)]) == 0
     kept = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*.pt"))

@@ -125,9 +125,7 @@ class Trainer:
             eps=self.cfg.optimizer_eps,
             weight_decay=self.cfg.weight_decay,
         )
-        self.scaler = torch.amp.GradScaler(
-            device.type, enabled=self.amp_dtype == torch.float16
-        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.sampler = TokenBatchSampler(
             train_data.src_lengths,
             train_data.tgt_lengths,
@@ -309,7 +307,9 @@ class Trainer:
             ]
         return result
 
-    def record(self, result: ValidationResult, train_loss: float, lr: float, elapsed: float) -> None:
+    def record(
+        self, result: ValidationResult, train_loss: float, lr: float, elapsed: float
+    ) -> None:
         """Log a validation and append it to metrics.jsonl."""
         bleu = "" if result.bleu is None else f" BLEU {result.bleu:.2f} chrF {result.chrf:.2f}"
         logger.info(
