@@ -72,6 +72,10 @@ class ScriptedCache:
         assert self.tokens is not None
         self.tokens = self.tokens.index_select(0, indices)
 
+    def reorder_beams(self, indices: Tensor, sentence_rows: Tensor | None = None) -> None:
+        """Keep rows `indices` (the scripted cache has no cross-attention part)."""
+        self.reorder(indices)
+
 
 class ScriptedModel:
     """Next-token probabilities read from a script chosen by the sentence's first source token.

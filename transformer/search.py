@@ -52,6 +52,10 @@ class Cache(Protocol):
         """Keep batch rows `indices`, in that order."""
         ...
 
+    def reorder_beams(self, indices: Tensor, sentence_rows: Tensor | None = None) -> None:
+        """Reorder beams; cross-attention rows move only by `sentence_rows` (None: stay)."""
+        ...
+
 
 class Seq2SeqModel(Protocol):
     """What the searches need of a model (`transformer.model.Transformer` provides it)."""
@@ -392,10 +396,12 @@ def beam_search(
             )
             kept_rows = (keep_t[:, None] * K + torch.arange(K, device=device)).view(-1)
             memory, src_mask = memory[kept_rows], src_mask[kept_rows]  # (N'*K, ...)
+        else:
+            kept_rows = None  # the same sentences: cross-attention rows stay where they are
         rows = parent.view(-1)  # (N'*K,) the row each surviving beam extends
         tokens = torch.cat([tokens[rows], next_token.view(-1, 1)], dim=1)  # (N'*K, T + 1)
         if cache is not None:
-            cache.reorder(rows)
+            cache.reorder_beams(rows, kept_rows)
     return [finished[b].hypotheses[:nbest] for b in range(B)]
 
 

@@ -24,12 +24,17 @@ class LayerCache:
     cross_k: Tensor | None = None
     cross_v: Tensor | None = None
 
-    def reorder(self, indices: Tensor) -> None:
-        """Keep rows `indices` (B',) of every cached tensor, in that order."""
-        for name in ("self_k", "self_v", "cross_k", "cross_v"):
-            tensor = getattr(self, name)
-            if tensor is not None:
-                setattr(self, name, tensor.index_select(0, indices))
+    def reorder(self, indices: Tensor, cross_indices: Tensor | None) -> None:
+        """Keep self-attention rows `indices` (B',) and cross-attention rows `cross_indices`.
+
+        `cross_indices` None leaves the cross-attention keys/values as they are.
+        """
+        if self.self_k is not None:
+            self.self_k = self.self_k.index_select(0, indices)
+            self.self_v = self.self_v.index_select(0, indices)
+        if self.cross_k is not None and cross_indices is not None:
+            self.cross_k = self.cross_k.index_select(0, cross_indices)
+            self.cross_v = self.cross_v.index_select(0, cross_indices)
 
 
 class DecoderCache:
@@ -45,6 +50,16 @@ class DecoderCache:
         return 0 if first is None else first.size(2)
 
     def reorder(self, indices: Tensor) -> None:
-        """Select and reorder batch rows, e.g. the surviving beams after a beam-search step."""
+        """Select and reorder batch rows (B',), e.g. the surviving beams after a search step."""
         for layer in self.layers:
-            layer.reorder(indices)
+            layer.reorder(indices, indices)
+
+    def reorder_beams(self, indices: Tensor, sentence_rows: Tensor | None = None) -> None:
+        """Reorder beams whose cross-attention keys/values are equal within each sentence.
+
+        Self-attention rows follow `indices` (B',). Beams of one sentence share the encoder
+        output, so their cross-attention rows move only when sentences leave the batch:
+        `sentence_rows` (B',) then names, for each new row, any old row of its sentence.
+        """
+        for layer in self.layers:
+            layer.reorder(indices, sentence_rows)
