@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_translate_cli import call_main, make_tiny_run, tiny_model
+from test_translate_cli import (
+    call_main,
+    make_tiny_run,
+    single_thread,  # noqa: F401 (an autouse fixture)
+    tiny_model,
+)
 
 from transformer.averaging import average_checkpoints, select_best, select_last
 from transformer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint

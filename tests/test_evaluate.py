@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 import sacrebleu
-from test_translate_cli import PAIRS, call_main, make_tiny_run
+from test_translate_cli import (
+    PAIRS,
+    call_main,
+    make_tiny_run,
+    single_thread,  # noqa: F401 (an autouse fixture)
+)
 
 from transformer.cli.evaluate import main
 from transformer.evaluate import corpus_scores, score

@@ -11,9 +11,10 @@ import dataclasses
 import gzip
 import io
 import logging
+import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,18 @@ def make_tiny_run(run_dir: Path, seed: int = 0, **model_changes: object) -> Path
     for name in ("best.pt", "last.pt"):
         save_checkpoint(state, run_dir / "checkpoints" / name)
     return run_dir
+
+
+@pytest.fixture(autouse=True)
+def single_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads, and lose a lot on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -376,6 +389,7 @@ def test_module_entry_point_reports_errors_without_traceback(tmp_path: Path) -> 
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
+        env=SUBPROCESS_ENV,
         timeout=120,
     )
     assert_one_error_line(result.returncode, result.stdout, result.stderr)
@@ -387,6 +401,7 @@ def test_module_entry_point_translates_a_pipe(run_dir: Path, translator: Transla
         input="\n".join(LINES) + "\n",
         capture_output=True,
         text=True,
+        env=SUBPROCESS_ENV,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
