@@ -102,9 +102,10 @@ def resolve_checkpoint(run_dir: str | Path, name: str = "best") -> Path:
         if name == "best" and not path.is_file():
             path = checkpoint_dir(run_dir) / "last.pt"
         if not path.is_file():
+            make = "transformer-average" if name == "averaged" else "transformer-train"
             raise CheckpointError(
                 f"run directory {run_dir} has no {name} checkpoint in {checkpoint_dir(run_dir)}; "
-                "train first (transformer-train) or pass --checkpoint PATH"
+                f"make one with {make} or pass --checkpoint PATH"
             )
         return path
     path = Path(name)

@@ -12,9 +12,21 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to whatever `sys.stderr` is when a record arrives."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # the base class assigns it; we always look it up
+        pass
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Log to stderr: INFO (or DEBUG) for our package, warnings for everything else."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
