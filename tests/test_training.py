@@ -277,3 +277,12 @@ def test_truncated_checkpoint_on_resume_is_a_one_line_error(tmp_path, capsys):
 def test_resume_without_a_run_is_an_error(tmp_path, capsys):
     code, err = run_cli(["--run-dir", str(tmp_path / "none"), "--resume"], capsys)
     assert_one_line_error(code, err, "--resume", "last.pt")
+
+
+def test_max_time_minutes_stops_training_early(tmp_path):
+    config = tiny_config(tmp_path, training={"max_steps": 10_000, "max_time_minutes": 1e-6})
+    run_dir = tmp_path / "run"
+    assert train_main(["--config", str(config), "--run-dir", str(run_dir)]) == 0
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert state["step"] == 1
+    assert state["progress"]["train_seconds"] > 0

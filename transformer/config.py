@@ -202,6 +202,7 @@ class TrainingConfig:
     compile: bool = False
     max_steps: int = 100_000
     max_epochs: int = 100
+    max_time_minutes: float = 0.0
     batch_tokens: int = 4096
     accumulate_steps: int = 1
     optimizer_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
@@ -228,6 +229,7 @@ class TrainingConfig:
         _choice("schedule", self.schedule, ("noam", "inverse_sqrt", "cosine", "constant"))
         for name in ("max_steps", "max_epochs", "batch_tokens", "accumulate_steps"):
             _positive(name, getattr(self, name))
+        _positive("max_time_minutes", self.max_time_minutes, allow_zero=True)
         for name in ("log_every", "eval_every"):
             _positive(name, getattr(self, name))
         _positive("lr", self.lr)

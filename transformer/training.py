@@ -77,6 +77,7 @@ class Progress:
     step: int = 0
     epoch: int = 0
     next_batch: int = 0
+    train_seconds: float = 0.0
     best_metric: float | None = None
     evals_without_improvement: int = 0
     kept: list[list[Any]] = field(default_factory=list)  # [[metric, file name], ...]
@@ -87,6 +88,7 @@ class Progress:
             "step": self.step,
             "epoch": self.epoch,
             "next_batch": self.next_batch,
+            "train_seconds": self.train_seconds,
             "best_metric": self.best_metric,
             "evals_without_improvement": self.evals_without_improvement,
             "kept": self.kept,
@@ -362,9 +364,13 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def train(self) -> Progress:
-        """Train until max_steps or max_epochs (whichever comes first) or early stopping."""
+        """Train until max_steps, max_epochs or max_time_minutes, or early stopping.
+
+        Time counts across resumptions: `progress.train_seconds` is saved in checkpoints.
+        """
         cfg, progress = self.cfg, self.progress
-        start_time = time.perf_counter()
+        start_time = time.perf_counter() - progress.train_seconds
+        time_limit = cfg.max_time_minutes * 60 if cfg.max_time_minutes > 0 else math.inf
         bar = tqdm(
             total=cfg.max_steps,
             initial=progress.step,
@@ -382,6 +388,7 @@ class Trainer:
                 group = batches[progress.next_batch : progress.next_batch + cfg.accumulate_steps]
                 loss_sum, tokens = self.train_step(group)
                 progress.next_batch += len(group)
+                progress.train_seconds = time.perf_counter() - start_time
                 window_loss += loss_sum
                 window_tokens += tokens
                 lr = self.optimizer.param_groups[0]["lr"]
@@ -401,13 +408,12 @@ class Trainer:
                     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
                 if progress.step % cfg.eval_every == 0:
                     last_eval_step = progress.step
-                    elapsed = time.perf_counter() - start_time
-                    if self.evaluate_and_save(train_loss, lr, elapsed):
+                    if self.evaluate_and_save(train_loss, lr, progress.train_seconds):
                         stop = True
                         break
                 elif cfg.save_every and progress.step % cfg.save_every == 0:
                     self.save(None)
-                if progress.step >= cfg.max_steps:
+                if progress.step >= cfg.max_steps or progress.train_seconds >= time_limit:
                     stop = True
                     break
             else:
@@ -415,12 +421,12 @@ class Trainer:
                 progress.next_batch = 0
         bar.close()
         if last_eval_step != progress.step:
-            self.evaluate_and_save(train_loss, lr, time.perf_counter() - start_time)
+            self.evaluate_and_save(train_loss, lr, progress.train_seconds)
         logger.info(
             "training finished at step %d (epoch %d) after %.1f s",
             progress.step,
             progress.epoch + 1,
-            time.perf_counter() - start_time,
+            progress.train_seconds,
         )
         return progress
 
