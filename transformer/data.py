@@ -1,11 +1,12 @@
-"""Parallel corpora: loading (through `datasets`), tokenizing with a cache, token-budget batches.
+"""Parallel corpora: loading (through `datasets`), tokenizing with a cache, length filtering.
 
 Data flows::
 
     load_corpus(CorpusConfig)   -> datasets.Dataset with string columns "src", "tgt"
     encode_corpus(dataset, ...) -> EncodedCorpus: ids ending in EOS, length-filtered, cached
-    TokenBatchSampler           -> lists of example indices, at most batch_tokens each
-    collate / EncodedCorpus.collate -> Batch: src (B, S), tgt_in (B, T), tgt_out (B, T)
+    EncodedCorpus.collate       -> Batch: src (B, S), tgt_in (B, T), tgt_out (B, T)
+
+Which examples share a batch, and how they are padded, is `transformer.batching`.
 
 Lengths count EOS: an encoded source of S tokens is what the encoder reads, and an encoded
 target of T tokens gives ``tgt_in = BOS + target`` and ``tgt_out = target + EOS``, both T long.
@@ -31,11 +32,11 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
+from transformer.batching import Batch, collate_flat
 from transformer.config import CorpusConfig
 from transformer.errors import UserError
-from transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerPair
+from transformer.tokenizer import EOS_ID, PAD_ID, TokenizerPair
 
 logger = logging.getLogger(__name__)
 
@@ -324,10 +325,14 @@ class EncodedCorpus:
 
     def collate(self, indices: Sequence[int], pad_id: int = PAD_ID) -> Batch:
         """`collate([self[i] for i in indices])`, gathered straight from the flat arrays."""
-        rows = np.asarray(indices, dtype=np.int64)
-        src = _gather(self._src_tokens, self._src_offsets[rows], self.src_lengths[rows], pad_id)
-        tgt = _gather(self._tgt_tokens, self._tgt_offsets[rows], self.tgt_lengths[rows], pad_id)
-        return _make_batch(src, tgt, [int(i) for i in indices], pad_id)
+        return collate_flat(
+            self._src_tokens,
+            self._src_offsets,
+            self._tgt_tokens,
+            self._tgt_offsets,
+            indices,
+            pad_id,
+        )
 
 
 def encode_corpus(
@@ -486,203 +491,3 @@ def _save_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-
-
-# --------------------------------------------------------------------------- batching
-
-
-@dataclass
-class Batch:
-    """Padded tensors of one batch; `tgt_in` is `tgt_out` shifted right behind BOS."""
-
-    src: torch.Tensor  # (B, S) int64, each row ends with EOS, then PAD
-    tgt_in: torch.Tensor  # (B, T) int64: BOS y_1 ... y_n, then PAD
-    tgt_out: torch.Tensor  # (B, T) int64: y_1 ... y_n EOS, then PAD
-    indices: list[int]  # the examples' indices in their EncodedCorpus
-    num_target_tokens: int  # non-PAD entries of tgt_out (what the loss is averaged over)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def pin_memory(self) -> Batch:
-        """The same batch in page-locked memory, for asynchronous copies to the GPU."""
-        return Batch(
-            self.src.pin_memory(),
-            self.tgt_in.pin_memory(),
-            self.tgt_out.pin_memory(),
-            self.indices,
-            self.num_target_tokens,
-        )
-
-    def to(self, device: torch.device | str) -> Batch:
-        """The same batch on `device` (the copy does not block when the memory is pinned)."""
-        non_blocking = self.src.is_pinned()
-        return Batch(
-            self.src.to(device, non_blocking=non_blocking),
-            self.tgt_in.to(device, non_blocking=non_blocking),
-            self.tgt_out.to(device, non_blocking=non_blocking),
-            self.indices,
-            self.num_target_tokens,
-        )
-
-
-def collate(examples: Sequence[Example], pad_id: int = PAD_ID) -> Batch:
-    """Pad encoded examples into a `Batch` (right padding; one numpy copy per side)."""
-    src = _pad([e.src for e in examples], pad_id)
-    tgt = _pad([e.tgt for e in examples], pad_id)
-    return _make_batch(src, tgt, [e.index for e in examples], pad_id)
-
-
-def _pad(sequences: list[np.ndarray], pad_id: int) -> np.ndarray:
-    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
-    width = int(lengths.max()) if len(lengths) else 0
-    padded = np.full((len(sequences), width), pad_id, dtype=np.int64)  # (B, L)
-    # Row-major boolean assignment fills each row's first `length` slots in order.
-    padded[np.arange(width) < lengths[:, None]] = np.concatenate(sequences) if sequences else []
-    return padded
-
-
-def _gather(tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray, pad_id: int) -> np.ndarray:
-    """Rows `tokens[starts[i] : starts[i] + lengths[i]]`, right-padded: (B, max length)."""
-    width = int(lengths.max()) if len(lengths) else 0
-    positions = np.arange(width)
-    filled = positions < lengths[:, None]  # (B, L)
-    padded = np.full(filled.shape, pad_id, dtype=np.int64)
-    padded[filled] = tokens[(starts[:, None] + positions)[filled]]
-    return padded
-
-
-def _make_batch(src: np.ndarray, tgt: np.ndarray, indices: list[int], pad_id: int) -> Batch:
-    """Build tgt_in = BOS + target from tgt_out = target + EOS, keeping PAD where tgt_out has it."""
-    tgt_in = np.empty_like(tgt)  # (B, T)
-    tgt_in[:, :1] = BOS_ID
-    tgt_in[:, 1:] = tgt[:, :-1]
-    padding = tgt == pad_id
-    tgt_in[padding] = pad_id  # the EOS shifted into the first padding slot
-    return Batch(
-        torch.from_numpy(src),
-        torch.from_numpy(tgt_in),
-        torch.from_numpy(tgt),
-        indices,
-        int(tgt.size - padding.sum()),
-    )
-
-
-class TokenBatchSampler:
-    """Length-bucketed batches of example indices that fit a token budget, padding counted.
-
-    An example costs ``max(src_length, tgt_length)`` (EOS counted, which is also the length
-    of ``tgt_in`` with its BOS), and a batch costs ``len(batch) * max cost in it``: the size
-    of its larger padded tensor. Each batch costs at most `batch_tokens`, except that an
-    example dearer than the budget gets a batch of its own (with a warning).
-
-    Each epoch the examples are sorted by cost (then source length, then at random when
-    `shuffle`), cut greedily into batches, and the order of the batches is shuffled with a
-    generator seeded by ``seed + epoch``: deterministic for a seed and an epoch, different
-    between epochs, and every example is in exactly one batch.
-
-    Sharding: rank r of `world_size` takes batches r, r + world_size, ... . So that every rank
-    gets the same number of batches, the largest batches are first split in two until the
-    count divides by `world_size`; nothing is dropped or repeated, unless every batch holds a
-    single example: then the first batches are repeated to fill the last round. Without
-    `shuffle` (validation) the batches come in sorted order and the epoch does not matter.
-    """
-
-    def __init__(
-        self,
-        src_lengths: Sequence[int] | np.ndarray,
-        tgt_lengths: Sequence[int] | np.ndarray,
-        batch_tokens: int,
-        seed: int = 0,
-        shuffle: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        if batch_tokens <= 0:
-            raise ValueError(f"batch_tokens must be > 0 (got {batch_tokens})")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-        src = np.asarray(src_lengths, dtype=np.int64)
-        tgt = np.asarray(tgt_lengths, dtype=np.int64)
-        if src.shape != tgt.shape:
-            raise ValueError(f"{len(src)} source lengths but {len(tgt)} target lengths")
-        self._src_lengths = src
-        self._costs = np.maximum(np.maximum(src, tgt), 1)
-        self.batch_tokens = batch_tokens
-        self.seed = seed
-        self.shuffle = shuffle
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
-        self._warned = False
-        self._memo: tuple[int, list[list[int]]] | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch that `__iter__` and `__len__` describe."""
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches(self.epoch))
-
-    def __len__(self) -> int:
-        return len(self.batches(self.epoch))
-
-    def batches(self, epoch: int) -> list[list[int]]:
-        """This rank's batches for `epoch`, in the order to train on them."""
-        if self._memo is None or self._memo[0] != epoch:
-            self._memo = (epoch, self._all_batches(epoch)[self.rank :: self.world_size])
-        return self._memo[1]
-
-    def _all_batches(self, epoch: int) -> list[list[int]]:
-        count = len(self._costs)
-        if count == 0:
-            return []
-        rng = np.random.default_rng(self.seed + epoch) if self.shuffle else None
-        if rng is not None:
-            order = np.lexsort((rng.random(count), self._src_lengths, self._costs))
-        else:
-            order = np.lexsort((self._src_lengths, self._costs))  # stable: ties by index
-        costs = self._costs[order]
-        self._warn_once(costs)
-        batches = np.split(order, self._cut_points(costs))
-        batches = _divisible(batches, self.world_size)
-        if rng is not None:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        return [batch.tolist() for batch in batches]
-
-    def _cut_points(self, costs: np.ndarray) -> list[int]:
-        """Ends of the greedy batches over ascending `costs` (all but the last)."""
-        cuts, start, count = [], 0, len(costs)
-        while start < count:
-            window = costs[start : start + max(1, self.batch_tokens // int(costs[start]))]
-            # size * cost is increasing along the sorted window, so the fits form a prefix.
-            fits = np.arange(1, len(window) + 1) * window <= self.batch_tokens
-            start += max(1, int(np.count_nonzero(fits)))
-            cuts.append(start)
-        return cuts[:-1]
-
-    def _warn_once(self, costs: np.ndarray) -> None:
-        over = int(np.count_nonzero(costs > self.batch_tokens))
-        if over and not self._warned:
-            self._warned = True
-            logger.warning(
-                "%d examples are longer than batch_tokens %d (the longest has %d tokens); "
-                "each gets a batch of its own",
-                over,
-                self.batch_tokens,
-                int(costs[-1]),
-            )
-
-
-def _divisible(batches: list[np.ndarray], world_size: int) -> list[np.ndarray]:
-    """Split the largest batches until their number divides by `world_size`."""
-    batches = list(batches)
-    while len(batches) % world_size:
-        largest = max(range(len(batches)), key=lambda i: len(batches[i]))
-        if len(batches[largest]) < 2:
-            # Nothing left to split: repeat batches so that every rank gets as many.
-            missing = world_size - len(batches) % world_size
-            return batches + [batches[i % len(batches)] for i in range(missing)]
-        half = len(batches[largest]) // 2
-        batches[largest : largest + 1] = [batches[largest][:half], batches[largest][half:]]
-    return batches

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from transformer.batching import TokenBatchSampler
 from transformer.checkpoint import (
     METRICS_FILE,
     checkpoint_dir,
@@ -28,7 +29,7 @@ from transformer.checkpoint import (
     save_checkpoint,
 )
 from transformer.config import Config, config_to_dict
-from transformer.data import EncodedCorpus, TokenBatchSampler
+from transformer.data import EncodedCorpus
 from transformer.device import autocast_dtype
 from transformer.distributed import DistributedContext
 from transformer.errors import UserError
