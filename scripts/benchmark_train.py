@@ -16,8 +16,10 @@ the difference is what the pipeline adds (data, collate, copies, the loop's book
     python scripts/benchmark_train.py --steps 60 --warmup 5 --rounds 2
     python scripts/benchmark_train.py --set training.precision=bf16 --devices cuda
 
-Speeds count only the timed steps after the warm-up: from the start of the first timed step
-to the end of the last, so the loop's own work between steps is counted. "target" tokens
+Speeds count only the timed steps after the warm-up, each from its start to the start of the
+next, so the loop's own work between steps is counted. On CPU the rates come from the median
+time per padded token of a step (steps slowed down by other programs on the machine do not
+count); on CUDA, where steps run asynchronously, from the whole timed span. "target" tokens
 are the non-padding target tokens (what the loss averages over); "padded" tokens are each
 batch's size x its longest side (source or target, end-of-sentence counted), what
 training.batch_tokens bounds. "busy cores" is CPU time over wall time: below --threads when
@@ -50,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from transformer.batching import TokenBatchSampler
+from transformer.cli.common import run_command
 from transformer.config import Config, load_config
 from transformer.data import EncodedCorpus
 from transformer.device import autocast_dtype, resolve_device
@@ -72,21 +75,38 @@ class Measurement:
     device: str
     kind: str
     steps: int
-    seconds: float
+    seconds: float  # from the start of the first timed step to the end of the last
     cpu_seconds: float
     target_tokens: int
     padded_tokens: int
     memory_mib: float
+    step_seconds: list[float]  # each timed step, up to the start of the next
+    step_padded: list[int]  # each timed step's padded tokens
+
+    @property
+    def rate_seconds(self) -> float:
+        """The time the rates are computed from.
+
+        On CPU, the median time per padded token of a step, times the padded tokens: steps
+        slowed down by other programs do not count. On CUDA, where steps run asynchronously,
+        the whole timed span.
+        """
+        if self.device.startswith("cuda") or not self.step_seconds:
+            return self.seconds
+        per_token = [
+            dt / max(n, 1) for dt, n in zip(self.step_seconds, self.step_padded, strict=True)
+        ]
+        return float(np.median(per_token)) * self.padded_tokens
 
     @property
     def target_per_s(self) -> float:
         """Non-padding target tokens per second."""
-        return self.target_tokens / max(self.seconds, 1e-9)
+        return self.target_tokens / max(self.rate_seconds, 1e-9)
 
     @property
     def padded_per_s(self) -> float:
         """Padded tokens (batch size x longest side) per second."""
-        return self.padded_tokens / max(self.seconds, 1e-9)
+        return self.padded_tokens / max(self.rate_seconds, 1e-9)
 
     @property
     def busy_cores(self) -> float:
@@ -207,18 +227,18 @@ class TimedTrainer(Trainer):
         super().__init__(config, model, tokenizers, train_data, None, run_dir, device)
         self.starts: list[tuple[float, float]] = []  # (wall, CPU) time at each step's start
         self.end: tuple[float, float] = (0.0, 0.0)  # after the last step
+        self.groups: list[list[list[int]]] = []  # each step's batches
         self.target_tokens: list[int] = []
-        self.padded_tokens: list[int] = []
 
     def train_step(self, batches: list[list[int]]) -> tuple[float, int]:
-        """The real step, timed; its padded size is noted."""
+        """The real step, timed."""
         self.starts.append((time.perf_counter(), time.process_time()))
         loss, tokens = super().train_step(batches)
         if self.progress.step >= self.cfg.max_steps and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the last optimizer step may still be queued
         self.end = (time.perf_counter(), time.process_time())
+        self.groups.append(batches)
         self.target_tokens.append(tokens)
-        self.padded_tokens.append(sum(padded_tokens(self.train_data, b) for b in batches))
         return loss, tokens
 
     def save(self, result: ValidationResult | None = None, improved: bool = False) -> None:
@@ -235,19 +255,24 @@ def measure_pipeline(
     torch.manual_seed(config.training.seed)
     trainer = TimedTrainer(config, model, data.tokenizers, data.train, run_dir, device)
     trainer.train()
-    steps = len(trainer.starts) - warmup
     (wall, cpu), (end_wall, end_cpu) = trainer.starts[warmup], trainer.end
-    measurement = Measurement(
+    walls = [start for start, _ in trainer.starts[warmup:]] + [end_wall]
+    padded = [
+        sum(padded_tokens(data.train, indices) for indices in group)
+        for group in trainer.groups[warmup:]
+    ]
+    return Measurement(
         device=str(device),
         kind="pipeline",
-        steps=steps,
+        steps=len(padded),
         seconds=end_wall - wall,
         cpu_seconds=end_cpu - cpu,
         target_tokens=sum(trainer.target_tokens[warmup:]),
-        padded_tokens=sum(trainer.padded_tokens[warmup:]),
+        padded_tokens=sum(padded),
         memory_mib=meter.peak_mib(),
+        step_seconds=np.diff(walls).tolist(),
+        step_padded=padded,
     )
-    return measurement
 
 
 # --------------------------------------------------------------------------- the bare step
@@ -333,12 +358,14 @@ def measure_bare_step(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall, cpu = time.perf_counter(), time.process_time()
+    walls = [wall]
     for batches, tokens, _ in steps[warmup:]:
         step(batches, tokens)
+        walls.append(time.perf_counter())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     timed = steps[warmup:]
-    measurement = Measurement(
+    return Measurement(
         device=str(device),
         kind="bare step",
         steps=len(timed),
@@ -347,8 +374,9 @@ def measure_bare_step(
         target_tokens=sum(target for _, target, _ in timed),
         padded_tokens=sum(padded for _, _, padded in timed),
         memory_mib=meter.peak_mib(),
+        step_seconds=np.diff(walls).tolist(),
+        step_padded=[padded for _, _, padded in timed],
     )
-    return measurement
 
 
 # --------------------------------------------------------------------------- one measurement
@@ -378,24 +406,9 @@ def measure(args: argparse.Namespace, kind: str, device_name: str) -> Measuremen
 
 def run_worker(args: argparse.Namespace, kind: str, device: str) -> Measurement:
     """One measurement in a fresh subprocess, so that its peak memory is its own."""
-    command = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--worker",
-        kind,
-        "--devices",
-        device,
-        "--config",
-        str(args.config),
-        "--work-dir",
-        str(args.work_dir),
-        "--steps",
-        str(args.steps),
-        "--warmup",
-        str(args.warmup),
-        "--threads",
-        str(args.threads),
-    ]
+    command = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--devices", device]
+    for option in ("config", "work_dir", "steps", "warmup", "threads"):
+        command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
     if args.overrides:
         command += ["--set", *args.overrides]
     environment = dict(os.environ)
@@ -537,7 +550,7 @@ def run_device(args: argparse.Namespace, device: str) -> list[Measurement]:
     return results
 
 
-def main(argv: list[str] | None = None) -> list[Measurement]:
+def benchmark(argv: list[str] | None = None) -> list[Measurement]:
     """Prepare the data once, measure both on every device, print the table."""
     args = parse_args(argv)
     if args.worker:
@@ -573,5 +586,15 @@ def main(argv: list[str] | None = None) -> list[Measurement]:
     return best
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: a bad config or a missing corpus becomes `error: ...` and exit code 2."""
+
+    def command(arguments: list[str] | None) -> int:
+        benchmark(arguments)
+        return 0
+
+    return run_command(command, argv)
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -123,6 +123,12 @@ def test_a_line_empty_in_one_language_only_is_misaligned(prepare, tmp_path, caps
     assert "line 2 is empty in de only" in line
 
 
+def test_lines_are_split_on_newlines_only_as_training_reads_them(prepare, tmp_path):
+    path = tmp_path / "val.en.gz"
+    path.write_bytes(gzip.compress("a\u2028b\r\nc\x85d\nlast".encode()))
+    assert prepare.read_lines(path) == ["a\u2028b\r", "c\x85d", "last"]
+
+
 def test_a_file_that_is_not_gzip_is_an_error(prepare, tmp_path, capsys):
     fake_corpus(tmp_path / "source")
     (tmp_path / "source" / "train.en.gz").write_text("plain text\n" * 5, encoding="utf-8")
@@ -277,17 +283,29 @@ def test_planned_groups_follow_the_epochs_like_the_trainer(bench):
     assert groups[3:] == [sampler.batches(1)[0:2], sampler.batches(1)[2:4]]
 
 
-def measurement(bench, kind: str, padded_per_s: float):
+def measurement(bench, kind: str, padded_per_s: float, device: str = "cpu", slow_step: float = 0):
+    """Ten steps of a tenth of a second each (the first `slow_step` seconds longer)."""
+    step_seconds = [0.1 + slow_step] + [0.1] * 9
     return bench.Measurement(
-        device="cpu",
+        device=device,
         kind=kind,
         steps=10,
-        seconds=1.0,
+        seconds=sum(step_seconds),
         cpu_seconds=2.0,
         target_tokens=int(padded_per_s * 0.8),
         padded_tokens=int(padded_per_s),
         memory_mib=100.0,
+        step_seconds=step_seconds,
+        step_padded=[int(padded_per_s) // 10] * 10,
     )
+
+
+def test_cpu_rates_ignore_a_step_slowed_down_by_other_programs(bench):
+    disturbed = measurement(bench, "pipeline", 10000.0, slow_step=5.0)
+    assert disturbed.padded_per_s == pytest.approx(10000.0)
+    assert disturbed.target_per_s == pytest.approx(8000.0)
+    on_cuda = measurement(bench, "pipeline", 10000.0, device="cuda", slow_step=1.0)
+    assert on_cuda.padded_per_s == pytest.approx(10000.0 / 2.0)  # asynchronous: the whole span
 
 
 def test_table_reports_the_pipeline_to_bare_ratio_and_the_verdict(bench):
@@ -338,7 +356,7 @@ def test_quick_benchmark_times_pipeline_and_bare_step_on_the_same_batches(bench,
     results_file = tmp_path / "results.json"
     argv = ["--config", str(path), "--quick", "--devices", "cpu", "--threads", "1"]
     argv += ["--json", str(results_file)]
-    results = bench.main([*argv, "--work-dir", str(tmp_path / "work")])
+    results = bench.benchmark([*argv, "--work-dir", str(tmp_path / "work")])
     pipeline, bare = sorted(results, key=lambda m: m.kind != "pipeline")
     assert (pipeline.kind, bare.kind) == ("pipeline", "bare step")
     assert pipeline.steps == bare.steps == 3
@@ -350,3 +368,8 @@ def test_quick_benchmark_times_pipeline_and_bare_step_on_the_same_batches(bench,
     out = capsys.readouterr().out
     assert "pipeline/bare" in out and "than the bare step" in out
     assert not (tmp_path / "work" / "run" / "checkpoints").exists()  # nothing saved
+
+
+def test_benchmark_with_a_bad_config_is_a_one_line_error(bench, tmp_path, capsys):
+    assert bench.main(["--config", str(tmp_path / "missing.yaml"), "--quick"]) == 2
+    assert "missing.yaml" in one_error_line(capsys.readouterr().err)
