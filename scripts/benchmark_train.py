@@ -230,7 +230,7 @@ class TimedTrainer(Trainer):
         self.groups: list[list[list[int]]] = []  # each step's batches
         self.target_tokens: list[int] = []
 
-    def train_step(self, batches: list[list[int]]) -> tuple[float, int]:
+    def train_step(self, batches: list[list[int]]) -> tuple[torch.Tensor, int]:
         """The real step, timed."""
         self.starts.append((time.perf_counter(), time.process_time()))
         loss, tokens = super().train_step(batches)

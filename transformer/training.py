@@ -229,10 +229,19 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def train_step(self, batches: list[list[int]]) -> tuple[float, int]:
-        """One optimizer step over `batches` (gradient accumulation); -> (loss sum, tokens)."""
-        self.network.train()
-        collated = [self.train_data.collate(indices, PAD_ID).to(self.device) for indices in batches]
+    def train_step(self, batches: list[list[int]]) -> tuple[Tensor, int]:
+        """One optimizer step over `batches` (gradient accumulation).
+
+        Returns the summed loss as a tensor on the device (reading it would wait for the GPU)
+        and the number of target tokens.
+        """
+        if not self.model.training:  # validation switched to eval; .train() walks every module
+            self.network.train()
+        pin = self.device.type == "cuda"
+        collated = []
+        for indices in batches:
+            batch = self.train_data.collate(indices, PAD_ID)
+            collated.append((batch.pin_memory() if pin else batch).to(self.device))
         num_tokens = sum(batch.num_target_tokens for batch in collated)
         loss_total = torch.zeros((), device=self.device)
         for k, batch in enumerate(collated):
@@ -257,7 +266,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.progress.step = step
-        return float(loss_total), num_tokens
+        return loss_total, num_tokens
 
     # ------------------------------------------------------------------ validation
 
@@ -379,7 +388,8 @@ class Trainer:
             dynamic_ncols=True,
             unit="step",
         )
-        window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+        window_loss = torch.zeros((), device=self.device)  # summed on the device: no waiting
+        window_tokens, window_start = 0, time.perf_counter()
         last_eval_step = progress.step
         stop = progress.step >= cfg.max_steps
         train_loss, lr = math.nan, 0.0
@@ -393,20 +403,23 @@ class Trainer:
                 window_loss += loss_sum
                 window_tokens += tokens
                 lr = self.optimizer.param_groups[0]["lr"]
-                train_loss = loss_sum / max(tokens, 1)
-                rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
                 bar.update(1)
-                bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
-                if progress.step % cfg.log_every == 0:
+                log_now = progress.step % cfg.log_every == 0
+                if log_now or progress.step % cfg.eval_every == 0 or progress.step % 10 == 0:
+                    train_loss = float(window_loss) / max(window_tokens, 1)  # waits for the GPU
+                    rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                    bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
+                if log_now:
                     logger.info(
                         "step %d epoch %d: loss %.3f lr %.2e %.0f target tokens/s",
                         progress.step,
                         progress.epoch + 1,
-                        window_loss / max(window_tokens, 1),
+                        train_loss,
                         lr,
                         rate,
                     )
-                    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+                    window_loss.zero_()
+                    window_tokens, window_start = 0, time.perf_counter()
                 if progress.step % cfg.eval_every == 0:
                     last_eval_step = progress.step
                     if self.evaluate_and_save(train_loss, lr, progress.train_seconds):
