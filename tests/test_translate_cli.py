@@ -406,3 +406,14 @@ def test_module_entry_point_translates_a_pipe(run_dir: Path, translator: Transla
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:-1] == texts(translator, LINES)
+
+
+def test_bfloat16_decoding_uses_bfloat16_weights_and_keeps_the_line_count(tmp_path, capsys):
+    run = make_tiny_run(tmp_path / "run")
+    translator = Translator.from_run(run, "best", "cpu", torch.bfloat16)
+    assert {p.dtype for p in translator.model.parameters()} == {torch.bfloat16}
+    out = translator.translate(["hello there", "", "good morning to you"])
+    assert len(out) == 3 and out[1][0].text == ""
+    argv = ["--run", str(run), "--text", "hello", "--text", "", "--dtype", "bfloat16"]
+    assert main(argv) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2

@@ -63,8 +63,13 @@ class Translator:
         run_dir: str | Path,
         checkpoint: str = "best",
         device: str | torch.device = "auto",
+        dtype: torch.dtype = torch.float32,
     ) -> Translator:
-        """Load a run's config, tokenizers and checkpoint ("best", "last", "averaged" or a path)."""
+        """Load a run's config, tokenizers and checkpoint ("best", "last", "averaged" or a path).
+
+        `dtype` torch.bfloat16 halves the weights and, on CPUs with bfloat16 instructions,
+        speeds decoding up (beam search by about half); the scores change slightly.
+        """
         run_dir = Path(run_dir)
         config = read_run_config(run_dir)
         tokenizer_dir = run_dir / TOKENIZER_DIR
@@ -87,6 +92,7 @@ class Translator:
                 f"checkpoint {path} does not fit the model in {config_path} "
                 f"({_first_detail(error)})"
             ) from None
+        model.to(dtype)
         logger.info("loaded %s (step %s) on %s", path, state.get("step", "?"), device)
         return cls(model, tokenizers, config, device)
 

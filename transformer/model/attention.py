@@ -114,7 +114,10 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """Attention over projected heads, then W^O: -> (B, Tq, D) and optional weights."""
         B, _, Tq, _ = q.shape
-        if need_weights:
+        # One query per row (incremental decoding) on a CPU: the fused kernel's fixed cost
+        # outweighs the two small matmuls of the written-out form, several times over.
+        single_query_on_cpu = Tq == 1 and q.device.type == "cpu" and not self.training
+        if need_weights or single_query_on_cpu:
             out, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout, self.training)
         else:
             out, weights = fast_attention(q, k, v, mask, self.dropout, self.training), None
