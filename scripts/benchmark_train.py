@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from transformer.batching import TokenBatchSampler
-from transformer.cli.common import run_command
+from transformer.cli.common import add_override_flag, run_command
 from transformer.config import Config, load_config
 from transformer.data import EncodedCorpus
 from transformer.device import autocast_dtype, resolve_device
@@ -496,15 +496,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; steps and warm-up default per device (CPU 30/5, CUDA 100/20)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="training config")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. --set training.batch_tokens=2048",
-    )
+    add_override_flag(parser)
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu [+ cuda]")
     parser.add_argument("--steps", type=int, default=None, help="timed steps")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
@@ -22,6 +23,19 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value) -> None:  # the base class assigns it; we always look it up
         pass
+
+
+def add_override_flag(parser: argparse.ArgumentParser) -> None:
+    """`--set KEY=VALUE ...` (repeatable), collected into `args.overrides`."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config values, e.g. --set training.lr=5e-4 model.d_model=256",
+    )
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from transformer.checkpoint import CONFIG_FILE, LOG_FILE, checkpoint_dir
-from transformer.cli.common import run_command, setup_logging
+from transformer.cli.common import add_override_flag, run_command, setup_logging
 from transformer.config import load_config
 from transformer.device import resolve_device
 from transformer.distributed import (
@@ -39,15 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "Run under `torchrun --nproc_per_node=N` to train on N GPUs (or CPU processes).",
     )
     parser.add_argument("--config", type=Path, help="YAML config (not needed with --resume)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override config values, e.g. --set training.lr=5e-4 model.d_model=256",
-    )
+    add_override_flag(parser)
     parser.add_argument(
         "--run-dir", type=Path, help="where to write the run (default: runs/<config name>)"
     )

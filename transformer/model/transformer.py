@@ -207,7 +207,7 @@ class Transformer(nn.Module):
                 f"batch sizes differ: source has {src.size(0)} sentences, target {tgt.size(0)}"
             )
         src_mask = self.source_mask(src)
-        memory = self.encode(src, src_mask)
+        memory = self.encoder(self.src_embed(src), src_mask)  # encode(), ids checked above
         return self.decode(tgt, memory, src_mask)
 
     def num_parameters(self) -> int:
