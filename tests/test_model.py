@@ -160,6 +160,49 @@ def test_cache_reorder_mid_decoding_equals_full_forward_on_reordered_inputs(arch
     torch.testing.assert_close(torch.cat(steps, dim=1)[indices], full[:, :3], **TOL)
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@torch.no_grad()
+def test_beams_sharing_one_cross_attention_row_per_sentence_equal_a_full_forward(
+    arch: dict,
+) -> None:
+    # Beam search keeps the encoder's keys/values once per sentence: 3 sentences x 4 beams.
+    model, beams = tiny_model(**arch), 4
+    src, tgt = padded_source(), random_ids(12, 5, seed=21)
+    tgt[:, 0] = BOS  # every beam starts alike
+    src_mask = model.source_mask(src)
+    memory = model.encode(src, src_mask)
+    cache = model.new_cache()
+    first = model.decode(tgt[::beams, :1], memory, src_mask, cache)  # one row per sentence
+    copies = torch.arange(3).repeat_interleave(beams)  # (12,) row b * 4 + k is sentence b
+    cache.reorder_beams(copies)
+    assert cache.layers[0].cross_k.size(0) == 3  # still one row per sentence
+    memory, src_mask = memory[copies], src_mask[copies]
+    later = [model.decode(tgt[:, t : t + 1], memory, src_mask, cache) for t in range(1, 5)]
+    full = model(src[copies], tgt)
+    torch.testing.assert_close(first[copies], full[:, :1], **TOL)
+    torch.testing.assert_close(torch.cat(later, dim=1), full[:, 1:], **TOL)
+    # Sentence 1 leaves: beams of sentences 0 and 2 go on, with reordered beams.
+    kept_rows = torch.tensor([1, 0, 0, 2, 8, 9, 11, 11])
+    cache.reorder_beams(kept_rows, torch.tensor([0, 2]))
+    assert cache.layers[0].cross_k.size(0) == 2
+    extra = random_ids(8, 1, seed=22)
+    step = model.decode(extra, memory[kept_rows], src_mask[kept_rows], cache)
+    expected = model(src[copies][kept_rows], torch.cat([tgt[kept_rows], extra], dim=1))
+    torch.testing.assert_close(step, expected[:, -1:], **TOL)
+
+
+@torch.no_grad()
+def test_the_cache_keeps_cross_attention_keys_contiguous() -> None:
+    # A strided view there would be copied by every decoding step's matmul.
+    model = tiny_model()
+    src = padded_source()
+    src_mask = model.source_mask(src)
+    cache = model.new_cache()
+    model.decode(random_ids(3, 1, seed=3), model.encode(src, src_mask), src_mask, cache)
+    for layer in cache.layers:
+        assert layer.cross_k.is_contiguous() and layer.cross_v.is_contiguous()
+
+
 # ----------------------------------------------------------------- positional encodings
 
 
@@ -186,6 +229,14 @@ def test_sinusoidal_encoding_adds_to_its_input_and_is_offset_consistent() -> Non
     full = encoding(x)
     torch.testing.assert_close(full - x, encoding(torch.zeros(1, 10, 8)).expand(2, -1, -1))
     torch.testing.assert_close(encoding(x[:, 4:], offset=4), full[:, 4:])
+
+
+def test_sinusoidal_positions_beyond_the_precomputed_table_continue_it() -> None:
+    short, long = SinusoidalPositionalEncoding(8, precomputed=4), SinusoidalPositionalEncoding(8)
+    x = torch.randn(2, 10, 8)
+    torch.testing.assert_close(short(x), long(x))  # positions 4.. computed on the fly
+    torch.testing.assert_close(short(x[:, 3:], offset=3), long(x)[:, 3:])
+    assert "table" not in long.state_dict()  # nothing new in checkpoints
 
 
 @torch.no_grad()

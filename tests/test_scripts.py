@@ -1,4 +1,4 @@
-"""The Multi30k scripts: prepare (copy, download, verification), plot_metrics, benchmark_train."""
+"""The scripts: prepare_multi30k, plot_metrics, benchmark_train, benchmark_decode."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,11 @@ def plot() -> ModuleType:
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
     return load_script("benchmark_train")
+
+
+@pytest.fixture(scope="module")
+def decode_bench() -> ModuleType:
+    return load_script("benchmark_decode")
 
 
 def gz_lines(lines: list[str]) -> bytes:
@@ -373,3 +379,36 @@ def test_quick_benchmark_times_pipeline_and_bare_step_on_the_same_batches(bench,
 def test_benchmark_with_a_bad_config_is_a_one_line_error(bench, tmp_path, capsys):
     assert bench.main(["--config", str(tmp_path / "missing.yaml"), "--quick"]) == 2
     assert "missing.yaml" in one_error_line(capsys.readouterr().err)
+
+
+# -------------------------------------------------------------------------- benchmark_decode
+
+
+def test_decode_benchmark_prints_every_mode_and_the_cache_speedup(decode_bench, tmp_path, capsys):
+    argv = ["--data", str(tmp_path), "--sentences", "12", "--uncached-sentences", "6"]
+    argv += ["--batch-size", "6", "--length", "3", "--beam", "2", "--cpu-only", "--rounds", "2"]
+    assert decode_bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "synthetic" in out  # no Multi30k in tmp_path
+    table = out[out.index("mode ") :].splitlines()
+    rows = [line.split() for line in table[1:5]]
+    assert [("".join(r[:-5]), r[-5]) for r in rows] == [  # mode, cache
+        ("greedy", "yes"),
+        ("greedy", "no"),
+        ("beam2", "yes"),
+        ("beam2", "no"),
+    ]
+    assert "cache speedup for beam 2 on cpu" in out
+
+
+def test_decode_timing_keeps_each_batchs_fastest_round(decode_bench, monkeypatch):
+    # Batch 0 is slow in round 1, batch 1 in round 2: the sum of minima is 2 x 1 s.
+    clock = iter([0.0, 5.0, 5.0, 6.0, 6.0, 7.0, 7.0, 12.0])
+    fake_time = SimpleNamespace(perf_counter=lambda: next(clock), process_time=lambda: 0.0)
+    monkeypatch.setattr(decode_bench, "time", fake_time)
+    batches = [torch.zeros(2, 3, dtype=torch.long)] * 2
+    seconds, _, tokens = decode_bench.time_decoding(
+        lambda batch: [4] * batch.size(0), batches, torch.device("cpu"), 4, rounds=2
+    )
+    assert seconds == 2.0
+    assert tokens == 16  # 2 batches x 2 sentences x 4 tokens, counted once

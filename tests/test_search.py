@@ -18,6 +18,7 @@ from transformer.search import (
     gnmt_length_penalty,
     greedy_search,
     max_output_lengths,
+    row_max,
     search,
 )
 
@@ -492,3 +493,17 @@ def test_search_does_not_change_the_model_mode() -> None:
     greedy_search(model, SOURCES[:1], 0.0, 2)
     beam_search(model, SOURCES[:1], 2, 0.0, 2)
     assert model.training and model.model.training
+
+
+@pytest.mark.parametrize("width", [8000, 64, 65, 7, 130])
+def test_row_max_equals_torch_max_with_first_index_on_ties(width: int) -> None:
+    g = torch.Generator().manual_seed(width)
+    x = torch.randint(-3, 3, (6, width), generator=g).float()  # many ties
+    x[0] = -math.inf
+    x[0, width // 2] = 0.0  # one finite value in a row of -inf
+    x[1, :] = 1.0  # every position tied
+    values, indices = row_max(x)
+    expected = x.max(dim=-1)
+    assert torch.equal(values, expected.values)
+    assert torch.equal(indices, expected.indices)
+    assert indices[1] == 0

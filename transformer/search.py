@@ -139,6 +139,24 @@ def _next_log_probs(
     return log_probs
 
 
+def row_max(x: Tensor, block: int = 64) -> tuple[Tensor, Tensor]:
+    """Each row's maximum and the index of its first occurrence: (N, V) -> (N,), (N,).
+
+    The same as `x.max(dim=-1)`, faster on a CPU, where the index-keeping reduction along a
+    long row runs one element at a time: the maxima of blocks of `block` columns come from a
+    vectorized reduction, and only the first block holding the row's maximum is searched.
+    """
+    N, V = x.shape
+    if V % block:
+        x = torch.nn.functional.pad(x, (0, block - V % block), value=-math.inf)
+    blocks = x.view(N, -1, block)  # (N, V / block, block)
+    block_max = blocks.amax(dim=-1)  # (N, V / block)
+    best_block = block_max.argmax(dim=-1)  # (N,) the first block holding the maximum
+    rows = torch.arange(N, device=x.device)
+    within = blocks[rows, best_block].argmax(dim=-1)  # (N,) first position inside it
+    return block_max[rows, best_block], best_block * block + within
+
+
 def _strip_eos(tokens: list[int], eos_id: int) -> list[int]:
     return tokens[:-1] if tokens and tokens[-1] == eos_id else tokens
 
@@ -175,7 +193,7 @@ def greedy_search(
         log_probs = _next_log_probs(
             model, tokens, memory, src_mask, cache, step < min_length, eos_id, pad_id
         )  # (N, V)
-        best, next_token = log_probs.max(dim=-1)  # (N,), (N,)
+        best, next_token = row_max(log_probs)  # (N,), (N,)
         log_prob = log_prob + best
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)  # (N, T + 1)
         step += 1
@@ -340,8 +358,8 @@ def beam_search(
     step = 0
     while active:
         if step == 0:
-            # Every beam is BOS: decode one row per sentence and copy it to the K beams, so
-            # the cache also projects each sentence's cross-attention keys/values only once.
+            # Every beam is BOS: decode one row per sentence and copy it to the K beams. The
+            # cache keeps the cross-attention keys/values once per sentence, for its K beams.
             copies = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,)
             log_probs = _next_log_probs(
                 model,
@@ -354,7 +372,7 @@ def beam_search(
                 pad_id,
             )[copies]  # (B*K, V)
             if cache is not None:
-                cache.reorder(copies)
+                cache.reorder_beams(copies)
         else:
             log_probs = _next_log_probs(
                 model, tokens, memory, src_mask, cache, step < min_length, eos_id, pad_id
@@ -396,12 +414,13 @@ def beam_search(
             )
             kept_rows = (keep_t[:, None] * K + torch.arange(K, device=device)).view(-1)
             memory, src_mask = memory[kept_rows], src_mask[kept_rows]  # (N'*K, ...)
+            kept_sentences = keep_t
         else:
-            kept_rows = None  # the same sentences: cross-attention rows stay where they are
+            kept_sentences = None  # the same sentences: cross-attention rows stay
         rows = parent.view(-1)  # (N'*K,) the row each surviving beam extends
         tokens = torch.cat([tokens[rows], next_token.view(-1, 1)], dim=1)  # (N'*K, T + 1)
         if cache is not None:
-            cache.reorder_beams(rows, kept_rows)
+            cache.reorder_beams(rows, kept_sentences)
     return [finished[b].hypotheses[:nbest] for b in range(B)]
 
 

@@ -63,6 +63,22 @@ def fast_attention(
     )  # (B, H, Tq, d_k)
 
 
+def _worth_fusing(x: Tensor, d_model: int) -> bool:
+    """Whether projecting `x` (..., D) through concatenated weights beats separate matmuls.
+
+    Concatenating copies the weights on every call; one wide matmul repays that only for
+    many rows (training, encoding), not for the few rows of a decoding step.
+    """
+    return x.numel() // d_model >= d_model
+
+
+def _fused_linear(x: Tensor, *linears: nn.Linear) -> tuple[Tensor, ...]:
+    """Several nn.Linear of the same input in one matmul: (..., D) -> one (..., D) per layer."""
+    weight = torch.cat([linear.weight for linear in linears])  # (n * D, D)
+    bias = torch.cat([linear.bias for linear in linears])  # (n * D,)
+    return F.linear(x, weight, bias).chunk(len(linears), dim=-1)
+
+
 class MultiHeadAttention(nn.Module):
     """MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O, head_i = Attention(Q W_i^Q, K W_i^K,
     V W_i^V).
@@ -94,19 +110,18 @@ class MultiHeadAttention(nn.Module):
 
     def project_key_value(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
         """K W^K and V W^V split into heads: (B, Tk, D) -> two (B, H, Tk, d_k)."""
-        if key is value:  # one matmul for both projections
-            weight = torch.cat([self.k_proj.weight, self.v_proj.weight])  # (2D, D)
-            bias = torch.cat([self.k_proj.bias, self.v_proj.bias])  # (2D,)
-            k, v = F.linear(key, weight, bias).chunk(2, dim=-1)  # (B, Tk, D) each
+        if key is value and _worth_fusing(key, self.d_model):
+            k, v = _fused_linear(key, self.k_proj, self.v_proj)  # (B, Tk, D) each
         else:
             k, v = self.k_proj(key), self.v_proj(value)
         return self.split_heads(k), self.split_heads(v)
 
     def project_self(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Q, K, V of self-attention in one matmul: (B, T, D) -> three (B, H, T, d_k)."""
-        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-        bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
-        q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)  # (B, T, D) each
+        """Q, K, V of self-attention (one matmul for many rows): (B, T, D) -> 3 x (B, H, T, d_k)."""
+        if _worth_fusing(x, self.d_model):
+            q, k, v = _fused_linear(x, self.q_proj, self.k_proj, self.v_proj)  # (B, T, D) each
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         return self.split_heads(q), self.split_heads(k), self.split_heads(v)
 
     def attend(
@@ -114,10 +129,11 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """Attention over projected heads, then W^O: -> (B, Tq, D) and optional weights."""
         B, _, Tq, _ = q.shape
-        # One query per row (incremental decoding) on a CPU: the fused kernel's fixed cost
-        # outweighs the two small matmuls of the written-out form, several times over.
-        single_query_on_cpu = Tq == 1 and q.device.type == "cpu" and not self.training
-        if need_weights or single_query_on_cpu:
+        # A few queries per row (incremental decoding: one per row, or one per beam when
+        # beams share keys) on a CPU: the fused kernel's fixed cost outweighs the two small
+        # matmuls of the written-out form, several times over.
+        few_queries_on_cpu = Tq <= 16 and q.device.type == "cpu" and not self.training
+        if need_weights or few_queries_on_cpu:
             out, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout, self.training)
         else:
             out, weights = fast_attention(q, k, v, mask, self.dropout, self.training), None

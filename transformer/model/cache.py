@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 
@@ -23,6 +24,23 @@ class LayerCache:
     self_v: Tensor | None = None
     cross_k: Tensor | None = None
     cross_v: Tensor | None = None
+
+    def append_self(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append the new positions' keys/values (B, H, T_new, d_k); return all (B, H, T, d_k)."""
+        if self.self_k is not None:
+            k = torch.cat([self.self_k, k], dim=2)  # (B, H, T_cached + T_new, d_k)
+            v = torch.cat([self.self_v, v], dim=2)
+        self.self_k, self.self_v = k, v
+        return k, v
+
+    def set_cross(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Keep the cross-attention keys/values (B, H, S, d_k); return them as kept.
+
+        They are stored contiguous: every decoding step multiplies by them, and a strided
+        view would be copied each time.
+        """
+        self.cross_k, self.cross_v = k.contiguous(), v.contiguous()
+        return self.cross_k, self.cross_v
 
     def reorder(self, indices: Tensor, cross_indices: Tensor | None) -> None:
         """Keep self-attention rows `indices` (B',) and cross-attention rows `cross_indices`.
@@ -55,11 +73,11 @@ class DecoderCache:
             layer.reorder(indices, indices)
 
     def reorder_beams(self, indices: Tensor, sentence_rows: Tensor | None = None) -> None:
-        """Reorder beams whose cross-attention keys/values are equal within each sentence.
+        """Reorder beams, whose cross-attention keys/values are kept once per sentence.
 
-        Self-attention rows follow `indices` (B',). Beams of one sentence share the encoder
-        output, so their cross-attention rows move only when sentences leave the batch:
-        `sentence_rows` (B',) then names, for each new row, any old row of its sentence.
+        Self-attention rows follow `indices` (B',). The beams of a sentence share its encoder
+        output, so the cross-attention rows (one per sentence) move only when sentences leave
+        the batch: `sentence_rows` (B'',) then names the old row of each sentence kept.
         """
         for layer in self.layers:
             layer.reorder(indices, sentence_rows)

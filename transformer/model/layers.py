@@ -41,16 +41,27 @@ def sinusoidal_table(positions: Tensor, d_model: int) -> Tensor:
 
 
 class SinusoidalPositionalEncoding(nn.Module):
-    """Fixed sinusoidal positions, computed for any length; no parameters."""
+    """Fixed sinusoidal positions for any length; no parameters.
 
-    def __init__(self, d_model: int) -> None:
+    The first `precomputed` positions come from a table made once (a buffer outside the
+    state dict), so that a decoding step adds a row instead of computing it; later
+    positions are computed when asked for.
+    """
+
+    def __init__(self, d_model: int, precomputed: int = 1024) -> None:
         super().__init__()
         self.d_model = d_model
+        table = sinusoidal_table(torch.arange(precomputed), d_model)  # (precomputed, D)
+        self.register_buffer("table", table, persistent=False)
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
         """(B, T, D) -> (B, T, D): x plus the encodings of positions offset .. offset+T-1."""
-        positions = torch.arange(offset, offset + x.size(1), device=x.device)
-        return x + sinusoidal_table(positions, self.d_model).to(x.dtype)
+        end = offset + x.size(1)
+        if end <= self.table.size(0):
+            rows = self.table[offset:end]  # (T, D)
+        else:
+            rows = sinusoidal_table(torch.arange(offset, end, device=x.device), self.d_model)
+        return x + rows.to(x.dtype)
 
 
 class LearnedPositionalEncoding(nn.Module):
@@ -163,25 +174,36 @@ class DecoderLayer(nn.Module):
         attn = self.self_attn
         q, k, v = attn.project_self(h)  # (B, H, T_new, d_k) each
         if cache is not None:
-            if cache.self_k is not None:
-                k = torch.cat([cache.self_k, k], dim=2)  # (B, H, T_cached + T_new, d_k)
-                v = torch.cat([cache.self_v, v], dim=2)
-            cache.self_k, cache.self_v = k, v
+            k, v = cache.append_self(k, v)  # (B, H, T_cached + T_new, d_k) each
         return attn.attend(q, k, v, mask)[0]
 
     def cross_attention(
         self, h: Tensor, memory: Tensor, src_mask: Tensor | None, cache: LayerCache | None
     ) -> Tensor:
-        """Attention from target positions to the encoder output; K, V computed once per cache."""
+        """Attention from target positions to the encoder output; K, V computed once per cache.
+
+        The cache may hold K, V once per sentence for a batch of G rows per sentence (the
+        beams, sentence-major): each sentence's G x T queries then attend together, in one
+        matmul over one copy of its keys; `src_mask` may have a row per batch row or sentence.
+        """
         attn = self.cross_attn
-        q = attn.project_query(h)  # (B, H, T, d_k)
+        q = attn.project_query(h)  # (N, H, T, d_k)
         if cache is not None and cache.cross_k is not None:
-            k, v = cache.cross_k, cache.cross_v
+            k, v = cache.cross_k, cache.cross_v  # (B, H, S, d_k), B divides N
         else:
-            k, v = attn.project_key_value(memory, memory)  # (B, H, S, d_k) each
+            k, v = attn.project_key_value(memory, memory)  # (N, H, S, d_k) each
             if cache is not None:
-                cache.cross_k, cache.cross_v = k, v
-        return attn.attend(q, k, v, src_mask)[0]
+                k, v = cache.set_cross(k, v)
+        N, H, T, d_k = q.shape
+        B = k.size(0)
+        if B == N:
+            return attn.attend(q, k, v, src_mask)[0]
+        G = N // B
+        q = q.view(B, G, H, T, d_k).transpose(1, 2).reshape(B, H, G * T, d_k)
+        if src_mask is not None and src_mask.size(0) == N:
+            src_mask = src_mask[::G]  # (B, 1, 1, S)
+        out = attn.attend(q, k, v, src_mask)[0]  # (B, G * T, D)
+        return out.reshape(N, T, -1)  # (N, T, D)
 
     def forward(
         self,
