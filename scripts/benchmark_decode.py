@@ -11,7 +11,9 @@ is 20 x sentences/s. The slow runs without the cache decode only `--uncached-sen
 "busy cores" is CPU time over wall time: below `--threads` when other programs share the CPU,
 where OMP_WAIT_POLICY=PASSIVE in the environment saves much time lost to spinning threads.
 Each batch is decoded `--rounds` times (3) and its fastest time counts: on a shared virtual
-machine the same run can be a third slower or faster from one minute to the next.
+machine the same run can be a third slower or faster from one minute to the next. The cached
+searches are also timed with `--workers` (2) batches decoded at once, each in its own thread
+with its share of the threads, as transformer-translate does on a CPU by default.
 
     python scripts/benchmark_decode.py            # the full run, CPU with 2 threads (+ CUDA)
     python scripts/benchmark_decode.py --quick    # 128 sentences, a smoke test
@@ -28,6 +30,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +53,7 @@ class Result:
 
     mode: str
     cache: bool
+    workers: int  # batches decoded at once, each in its own thread
     device: str
     sentences: int
     seconds: float
@@ -131,14 +135,18 @@ def time_decoding(
     device: torch.device,
     length: int,
     rounds: int = 1,
+    workers: int = 1,
 ) -> tuple[float, float, int]:
     """Wall and CPU seconds to decode every batch, and the number of output tokens produced.
 
     With several rounds each batch is decoded that many times and its fastest time counts
     (with the CPU time of that run), so that slow spells of a shared machine weigh less.
+    With several workers, batches are decoded that many at once and the fastest round counts.
     """
     decode(inputs[0][:4])  # warm-up: allocations, kernels, thread pools
     synchronize(device)
+    if workers > 1:
+        return _time_parallel(decode, inputs, device, length, rounds, workers)
     seconds, cpu_seconds = [math.inf] * len(inputs), [0.0] * len(inputs)
     lengths: list[int] = []
     for _ in range(rounds):
@@ -153,6 +161,30 @@ def time_decoding(
     if any(n != length for n in lengths):
         raise RuntimeError(f"outputs should have {length} tokens, got lengths {set(lengths)}")
     return sum(seconds), sum(cpu_seconds), sum(lengths)
+
+
+def _time_parallel(
+    decode: Callable[[Tensor], list[int]],
+    inputs: list[Tensor],
+    device: torch.device,
+    length: int,
+    rounds: int,
+    workers: int,
+) -> tuple[float, float, int]:
+    """`time_decoding` with `workers` threads, each decoding whole batches (as the Translator)."""
+    best = (math.inf, 0.0)
+    lengths: list[int] = []
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(decode, [batch[:4] for batch in inputs[:workers]]))  # warm each thread
+        for _ in range(rounds):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            lengths = [n for out in pool.map(decode, inputs) for n in out]
+            synchronize(device)
+            wall = time.perf_counter() - start
+            best = min(best, (wall, time.process_time() - cpu_start))
+    if any(n != length for n in lengths):
+        raise RuntimeError(f"outputs should have {length} tokens, got lengths {set(lengths)}")
+    return best[0], best[1], sum(lengths)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -180,8 +212,10 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for device in devices:
         model.to(device)
+        # The Translator's default on a CPU: several batches at once, the threads shared out.
+        parallel = [(True, args.workers)] if args.workers > 1 and device.type == "cpu" else []
         for mode, beam in (("greedy", 1), (f"beam {args.beam}", args.beam)):
-            for cache in (True, False):
+            for cache, workers in [(True, 1), *parallel, (False, 1)]:
                 subset = ids if cache else ids[: args.uncached_sentences]
                 inputs = batches(subset, args.batch_size, device)
 
@@ -195,17 +229,23 @@ def run(args: argparse.Namespace) -> int:
                         )
                     return [len(hypotheses[0].tokens) for hypotheses in out]
 
+                torch.set_num_threads(max(1, args.threads // workers))
                 seconds, cpu_seconds, tokens = time_decoding(
-                    decode, inputs, device, length, args.rounds
+                    decode, inputs, device, length, args.rounds, workers
                 )
+                torch.set_num_threads(args.threads)
                 results.append(
-                    Result(mode, cache, device.type, len(subset), seconds, cpu_seconds, tokens)
+                    Result(
+                        mode, cache, workers, device.type, len(subset), seconds, cpu_seconds, tokens
+                    )
                 )
                 _print_row(results[-1])
     print()
     _print_table(results)
     for device in devices:
-        timed = {(r.mode, r.cache): r for r in results if r.device == device.type}
+        timed = {
+            (r.mode, r.cache): r for r in results if r.device == device.type and r.workers == 1
+        }
         cached, uncached = timed[(f"beam {args.beam}", True)], timed[(f"beam {args.beam}", False)]
         speedup = cached.sentences_per_second / uncached.sentences_per_second
         print(f"cache speedup for beam {args.beam} on {device.type}: {speedup:.1f}x")
@@ -218,7 +258,8 @@ def _mean_length(ids: list[list[int]]) -> float:
 
 def _print_row(result: Result) -> None:
     print(
-        f"  {result.mode:<8} cache={'yes' if result.cache else 'no ':<3} {result.device:<4} "
+        f"  {result.mode:<8} cache={'yes' if result.cache else 'no ':<3} "
+        f"workers={result.workers} {result.device:<4} "
         f"{result.sentences:>5} sentences in {result.seconds:7.2f} s",
         flush=True,
     )
@@ -226,12 +267,12 @@ def _print_row(result: Result) -> None:
 
 def _print_table(results: list[Result]) -> None:
     print(
-        f"{'mode':<8} {'cache':<5} {'device':<6} {'sentences/s':>12} {'tokens/s':>10} "
-        f"{'busy cores':>10}"
+        f"{'mode':<8} {'cache':<5} {'workers':>7} {'device':<6} {'sentences/s':>12} "
+        f"{'tokens/s':>10} {'busy cores':>10}"
     )
     for r in results:
         print(
-            f"{r.mode:<8} {'yes' if r.cache else 'no':<5} {r.device:<6} "
+            f"{r.mode:<8} {'yes' if r.cache else 'no':<5} {r.workers:>7} {r.device:<6} "
             f"{r.sentences_per_second:>12.1f} {r.tokens_per_second:>10.0f} {r.cpu_share:>10.2f}"
         )
 
@@ -253,6 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length", type=int, default=20, help="forced output length")
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="also time the cached searches with this many batches at once on CPU, the "
+        "threads shared out, as transformer-translate does by default (default 2; 1: off)",
+    )
     parser.add_argument("--cpu-only", action="store_true", help="skip CUDA even if present")
     parser.add_argument(
         "--dtype", choices=("float32", "bfloat16"), default="float32", help="model weights"

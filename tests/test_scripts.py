@@ -387,16 +387,19 @@ def test_benchmark_with_a_bad_config_is_a_one_line_error(bench, tmp_path, capsys
 def test_decode_benchmark_prints_every_mode_and_the_cache_speedup(decode_bench, tmp_path, capsys):
     argv = ["--data", str(tmp_path), "--sentences", "12", "--uncached-sentences", "6"]
     argv += ["--batch-size", "6", "--length", "3", "--beam", "2", "--cpu-only", "--rounds", "2"]
+    argv += ["--threads", "1"]  # the suite runs on one thread
     assert decode_bench.main(argv) == 0
     out = capsys.readouterr().out
     assert "synthetic" in out  # no Multi30k in tmp_path
     table = out[out.index("mode ") :].splitlines()
-    rows = [line.split() for line in table[1:5]]
-    assert [("".join(r[:-5]), r[-5]) for r in rows] == [  # mode, cache
-        ("greedy", "yes"),
-        ("greedy", "no"),
-        ("beam2", "yes"),
-        ("beam2", "no"),
+    rows = [line.split() for line in table[1:7]]
+    assert [("".join(r[:-6]), r[-6], r[-5]) for r in rows] == [  # mode, cache, workers
+        ("greedy", "yes", "1"),
+        ("greedy", "yes", "2"),
+        ("greedy", "no", "1"),
+        ("beam2", "yes", "1"),
+        ("beam2", "yes", "2"),
+        ("beam2", "no", "1"),
     ]
     assert "cache speedup for beam 2 on cpu" in out
 

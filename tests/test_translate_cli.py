@@ -187,6 +187,32 @@ def test_batched_translation_equals_one_by_one_in_input_order(
     assert [n[0].score for n in batched] == pytest.approx([n[0].score for n in single], abs=1e-4)
 
 
+@pytest.mark.parametrize("beam_size", [1, 2])
+def test_batches_decoded_in_parallel_threads_equal_one_at_a_time(
+    run_dir: Path, translator: Translator, beam_size: int
+) -> None:
+    parallel = Translator.from_run(run_dir, "best", "cpu", workers=3)
+    decoding = dataclasses.replace(
+        translator.config.decoding, beam_size=beam_size, nbest=1, batch_tokens=12
+    )
+    expected = translator.translate(LINES, decoding)
+    assert parallel.translate(LINES, decoding) == expected  # same texts, scores, order
+
+
+def test_two_workers_on_a_cpu_share_its_threads(run_dir: Path, capsys) -> None:
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        code, out, _ = run_main(capsys, "--run", run_dir, "--text", "hello", "--workers", 2)
+        assert code == 0 and out.count("\n") == 1
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)  # one thread: one worker by default, threads untouched
+        code, _, _ = run_main(capsys, "--run", run_dir, "--text", "hello")
+        assert code == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_empty_and_blank_lines_give_empty_translations(translator: Translator) -> None:
     outputs = translator.translate(LINES)
     assert len(outputs) == len(LINES)
@@ -347,6 +373,7 @@ def broken_checkpoints(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         ("checkpoint of another size", "does not fit the model"),
         ("beam size 0", "--beam-size"),
         ("nbest above beam", "--nbest"),
+        ("workers 0", "--workers"),
         ("binary input", "not a UTF-8 text file"),
         ("missing input", "does not exist"),
         ("broken gzip", "cannot read"),
@@ -368,6 +395,8 @@ def test_bad_input_is_one_error_line_with_exit_code_2(
         argv += ["--beam-size", 0]
     elif problem == "nbest above beam":
         argv += ["--beam-size", 2, "--nbest", 3]
+    elif problem == "workers 0":
+        argv += ["--workers", 0]
     else:
         path = tmp_path / "input.txt.gz"
         if problem == "binary input":

@@ -21,16 +21,16 @@ from pathlib import Path
 
 from transformer.cli.common import run_command, setup_logging
 from transformer.cli.translate import (
-    DTYPES,
     add_decoding_flags,
     decoding_from_args,
+    load_translator,
     open_output,
     positive_flags,
     read_lines,
 )
 from transformer.errors import UserError
 from transformer.evaluate import Scores, corpus_scores
-from transformer.translator import Translator, read_run_config
+from transformer.translator import read_run_config
 
 logger = logging.getLogger("transformer.cli.evaluate")
 
@@ -86,7 +86,7 @@ def _main(argv: list[str] | None) -> int:
 def _translate(args: argparse.Namespace, source: list[str]) -> list[str]:
     """Translate the source lines (best hypothesis each); write them to --output if given."""
     decoding = decoding_from_args(read_run_config(args.run).decoding, args, nbest=1)
-    translator = Translator.from_run(args.run, args.checkpoint, args.device, DTYPES[args.dtype])
+    translator = load_translator(args)
     logger.info("translating %d sentences from %s", len(source), args.source)
     hypotheses = [nbest[0].text for nbest in translator.translate(source, decoding)]
     if args.output:

@@ -32,6 +32,7 @@ import torch
 
 from transformer.cli.common import run_command, setup_logging
 from transformer.config import ConfigError, DecodingConfig
+from transformer.device import resolve_device
 from transformer.errors import UserError
 from transformer.translator import Translation, Translator, read_run_config
 
@@ -177,6 +178,7 @@ def positive_flags(args: argparse.Namespace) -> None:
         ("--beam-size", args.beam_size, 1),
         ("--max-tokens", args.max_tokens, 1),
         ("--length-penalty", args.length_penalty, 0),
+        ("--workers", args.workers, 1),
     ]
     for flag, value, low in checks:
         if value is not None and value < low:
@@ -230,7 +232,27 @@ def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
         default="float32",
         help="weights for decoding: bfloat16 is faster on GPUs and recent CPUs (default float32)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="batches decoded at once, each in its own thread with 1/N of the CPU threads "
+        "(default: 2 on a CPU with 2 or more threads, else 1)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def load_translator(args: argparse.Namespace) -> Translator:
+    """The run's Translator as --checkpoint, --device, --dtype and --workers say.
+
+    With several workers on a CPU, the process's threads are shared out among them.
+    """
+    device = resolve_device(args.device)
+    on_cpu = device.type == "cpu"
+    workers = args.workers or (2 if on_cpu and torch.get_num_threads() >= 2 else 1)
+    if workers > 1 and on_cpu:
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+    return Translator.from_run(args.run, args.checkpoint, device, DTYPES[args.dtype], workers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -323,7 +345,7 @@ def _main(argv: list[str] | None) -> int:
             stream, name = sys.stdin.buffer, "<stdin>"
         decoding = decoding_from_args(read_run_config(args.run).decoding, args, args.nbest)
         out = stack.enter_context(open_output(args.output))
-        translator = Translator.from_run(args.run, args.checkpoint, args.device, DTYPES[args.dtype])
+        translator = load_translator(args)
         writer = NbestWriter(out, decoding.nbest, args.scores)
         if args.text:
             writer.write(translator.translate(args.text, decoding))
