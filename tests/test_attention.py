@@ -11,11 +11,15 @@ from torch import nn
 
 from transformer.model.attention import (
     MultiHeadAttention,
+    attention,
     causal_mask,
-    fast_attention,
+    fused_attention,
     padding_mask,
     scaled_dot_product_attention,
+    shared_key_attention,
+    written_out_is_faster,
 )
+from transformer.model.cache import KVCache
 
 D_MODEL, NUM_HEADS = 32, 4
 TOL = {"atol": 1e-5, "rtol": 1e-5}
@@ -29,10 +33,8 @@ def make_pair(seed: int = 0) -> tuple[MultiHeadAttention, nn.MultiheadAttention]
         nn.init.normal_(p, std=0.2)
     theirs = nn.MultiheadAttention(D_MODEL, NUM_HEADS, batch_first=True).eval()
     with torch.no_grad():
-        theirs.in_proj_weight.copy_(
-            torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight])
-        )
-        theirs.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+        theirs.in_proj_weight.copy_(ours.qkv_proj.weight)  # [W^Q | W^K | W^V], as ours
+        theirs.in_proj_bias.copy_(ours.qkv_proj.bias)
         theirs.out_proj.weight.copy_(ours.out_proj.weight)
         theirs.out_proj.bias.copy_(ours.out_proj.bias)
     return ours, theirs
@@ -102,7 +104,7 @@ def test_written_out_attention_equals_fused_attention(mask_kind: str) -> None:
     causal = causal_mask(5, 6)
     mask = {"none": None, "padding": pad, "causal": causal, "both": pad & causal}[mask_kind]
     written, weights = scaled_dot_product_attention(q, k, v, mask)
-    fused = fast_attention(q, k, v, mask, dropout=0.0, training=False)
+    fused = fused_attention(q, k, v, mask, dropout=0.0, training=False)
     torch.testing.assert_close(written, fused, **TOL)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 5), **TOL)
     if mask is not None:
@@ -122,7 +124,7 @@ def test_fully_masked_row_gives_zeros_not_nan_in_both_paths() -> None:
     mask = torch.ones(5, 6, dtype=torch.bool)
     mask[2] = False  # query 2 may attend nothing
     written, weights = scaled_dot_product_attention(q, k, v, mask)
-    fused = fast_attention(q, k, v, mask, dropout=0.0, training=False)
+    fused = fused_attention(q, k, v, mask, dropout=0.0, training=False)
     for out in (written, fused, weights):
         assert not out.isnan().any()
     assert (written[:, :, 2] == 0).all()
@@ -143,17 +145,25 @@ def test_attention_dropout_only_acts_in_training() -> None:
 # -------------------------------------------------------------- against nn.MultiheadAttention
 
 
+def run_ours(
+    ours: MultiHeadAttention, query: torch.Tensor, key_value: torch.Tensor, mask, need_weights: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Our attention's output and, when asked for, its weights."""
+    weights: list[torch.Tensor] | None = [] if need_weights else None
+    out = ours(query, key_value, mask, weights=weights)
+    return out, (weights[0] if weights else None)
+
+
 @pytest.mark.parametrize("need_weights", [False, True])
 def test_self_attention_with_padding_equals_torch_multihead_attention(need_weights: bool) -> None:
     ours, theirs = make_pair()
     ids = source_ids()
     x = torch.randn(3, 6, D_MODEL)
-    out = ours(x, x, x, padding_mask(ids, 0), need_weights=need_weights)
+    out, weights = run_ours(ours, x, x, padding_mask(ids, 0), need_weights)
     expected, expected_weights = theirs(
         x, x, x, key_padding_mask=ids == 0, need_weights=True, average_attn_weights=False
     )
     if need_weights:
-        out, weights = out
         torch.testing.assert_close(weights, expected_weights, **TOL)
     torch.testing.assert_close(out, expected, **TOL)
 
@@ -162,12 +172,11 @@ def test_self_attention_with_padding_equals_torch_multihead_attention(need_weigh
 def test_causal_self_attention_equals_torch_multihead_attention(need_weights: bool) -> None:
     ours, theirs = make_pair(1)
     x = torch.randn(2, 5, D_MODEL)
-    out = ours(x, x, x, causal_mask(5, 5), need_weights=need_weights)
+    out, weights = run_ours(ours, x, x, causal_mask(5, 5), need_weights)
     expected, expected_weights = theirs(
         x, x, x, attn_mask=~causal_mask(5, 5), need_weights=True, average_attn_weights=False
     )
     if need_weights:
-        out, weights = out
         torch.testing.assert_close(weights, expected_weights, **TOL)
     torch.testing.assert_close(out, expected, **TOL)
 
@@ -178,7 +187,7 @@ def test_cross_attention_with_padding_equals_torch_multihead_attention(need_weig
     ids = source_ids()
     memory = torch.randn(3, 6, D_MODEL)
     query = torch.randn(3, 4, D_MODEL)
-    out = ours(query, memory, memory, padding_mask(ids, 0), need_weights=need_weights)
+    out, weights = run_ours(ours, query, memory, padding_mask(ids, 0), need_weights)
     expected, expected_weights = theirs(
         query,
         memory,
@@ -188,23 +197,114 @@ def test_cross_attention_with_padding_equals_torch_multihead_attention(need_weig
         average_attn_weights=False,
     )
     if need_weights:
-        out, weights = out
         torch.testing.assert_close(weights, expected_weights, **TOL)
     torch.testing.assert_close(out, expected, **TOL)
 
 
-def test_attention_with_distinct_key_and_value_equals_torch_multihead_attention() -> None:
-    ours, theirs = make_pair(3)
-    query = torch.randn(2, 3, D_MODEL)
-    key, value = torch.randn(2, 5, D_MODEL), torch.randn(2, 5, D_MODEL)
-    expected, _ = theirs(query, key, value, need_weights=False)
-    torch.testing.assert_close(ours(query, key, value), expected, **TOL)
+def test_self_attention_in_one_matmul_equals_projecting_queries_and_keys_apart() -> None:
+    # The self-attention path (Q, K, V from one matmul) and the cross-attention path (Q from
+    # the query, K and V from key_value) are the same formula.
+    ours, _ = make_pair(3)
+    x = torch.randn(2, 5, D_MODEL)
+    mask = causal_mask(5, 5)
+    torch.testing.assert_close(ours(x, x, mask), ours(x, x.clone(), mask), **TOL)
 
 
-def test_multihead_attention_rejects_inputs_of_different_batch_sizes() -> None:
+def test_query_rows_must_be_a_multiple_of_the_key_rows() -> None:
     ours, _ = make_pair()
-    with pytest.raises(ValueError, match="attention inputs disagree"):
-        ours(torch.randn(2, 3, D_MODEL), torch.randn(3, 3, D_MODEL), torch.randn(3, 3, D_MODEL))
+    with pytest.raises(ValueError, match="cannot share"):
+        ours(torch.randn(2, 3, D_MODEL), torch.randn(3, 3, D_MODEL))
+
+
+def test_attention_weights_are_those_of_the_written_out_formula() -> None:
+    ours, _ = make_pair(4)
+    x = torch.randn(2, 5, D_MODEL)
+    weights: list[torch.Tensor] = []
+    ours(x, x, causal_mask(5, 5), weights=weights)
+    q, k, _ = (ours.split_heads(part) for part in ours.qkv_proj(x).chunk(3, dim=-1))
+    _, expected = scaled_dot_product_attention(q, k, k, causal_mask(5, 5))
+    torch.testing.assert_close(weights[0], expected, **TOL)
+    assert (weights[0].triu(diagonal=1) == 0).all()
+
+
+@torch.no_grad()
+def test_self_attention_cache_step_by_step_equals_causal_attention_of_the_whole() -> None:
+    ours, _ = make_pair(5)
+    x = torch.randn(2, 6, D_MODEL)
+    whole = ours(x, x, causal_mask(6, 6))
+    cache = KVCache()
+    steps = []
+    for t in range(6):
+        new = x[:, t : t + 1]  # self-attention: one tensor as query and key_value
+        steps.append(ours(new, new, None, cache))
+    torch.testing.assert_close(torch.cat(steps, dim=1), whole, **TOL)
+
+
+@torch.no_grad()
+def test_cross_attention_cache_reuses_the_first_steps_keys_without_reading_key_value() -> None:
+    ours, _ = make_pair(6)
+    query, memory = torch.randn(2, 3, D_MODEL), torch.randn(2, 6, D_MODEL)
+    cache = KVCache()
+    first = ours(query[:, :1], memory, None, cache)
+    later = ours(query[:, 1:], None, None, cache)  # key_value not needed any more
+    torch.testing.assert_close(torch.cat([first, later], dim=1), ours(query, memory), **TOL)
+
+
+def test_checkpoints_with_separate_q_k_v_projections_load_into_the_stacked_one() -> None:
+    ours, _ = make_pair(7)
+    D = D_MODEL
+    weight, bias = ours.qkv_proj.weight.detach(), ours.qkv_proj.bias.detach()
+    old_layout = {
+        "q_proj.weight": weight[:D].clone(),
+        "q_proj.bias": bias[:D].clone(),
+        "k_proj.weight": weight[D : 2 * D].clone(),
+        "k_proj.bias": bias[D : 2 * D].clone(),
+        "v_proj.weight": weight[2 * D :].clone(),
+        "v_proj.bias": bias[2 * D :].clone(),
+        "out_proj.weight": ours.out_proj.weight.detach().clone(),
+        "out_proj.bias": ours.out_proj.bias.detach().clone(),
+    }
+    fresh = MultiHeadAttention(D_MODEL, NUM_HEADS).eval()
+    fresh.load_state_dict(old_layout)  # strict: every key used, none missing
+    x = torch.randn(2, 4, D_MODEL)
+    torch.testing.assert_close(fresh(x, x), ours(x, x), **TOL)
+
+
+# ------------------------------------------------------------------- fast paths = reference
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_query_rows_sharing_key_rows_equal_repeating_the_keys(beams: int, need_weights: bool):
+    q, k, v = random_qkv(5)  # q (2, 4, 5, 8), k and v (2, 4, 6, 8)
+    q = torch.randn(2 * beams, 4, 5, 8)
+    mask = padding_mask(torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]]), 0)
+    out, weights = shared_key_attention(q, k, v, mask, 0.0, False, need_weights)
+    rows = torch.arange(2).repeat_interleave(beams)
+    expected, expected_weights = scaled_dot_product_attention(q, k[rows], v[rows], mask[rows])
+    torch.testing.assert_close(out, expected, **TOL)
+    if need_weights:
+        torch.testing.assert_close(weights, expected_weights, **TOL)
+    else:
+        assert weights is None
+
+
+@pytest.mark.parametrize("queries", [1, 5, 40])
+@pytest.mark.parametrize("training", [False, True])
+def test_the_chosen_attention_path_equals_the_written_out_formula(queries: int, training: bool):
+    torch.manual_seed(6)
+    q, k, v = torch.randn(2, 4, queries, 8), torch.randn(2, 4, 7, 8), torch.randn(2, 4, 7, 8)
+    mask = padding_mask(torch.tensor([[1] * 7, [1, 1, 1, 0, 0, 0, 0]]), 0)
+    out, weights = attention(q, k, v, mask, 0.0, training)
+    assert weights is None
+    torch.testing.assert_close(out, scaled_dot_product_attention(q, k, v, mask)[0], **TOL)
+
+
+def test_the_written_out_path_is_chosen_only_for_few_queries_at_inference_on_a_cpu() -> None:
+    few, many = torch.zeros(2, 4, 1, 8), torch.zeros(2, 4, 64, 8)
+    assert written_out_is_faster(few, training=False)
+    assert not written_out_is_faster(few, training=True)
+    assert not written_out_is_faster(many, training=False)
 
 
 def test_multihead_attention_needs_d_model_divisible_by_heads() -> None:

@@ -162,33 +162,65 @@ def test_cache_reorder_mid_decoding_equals_full_forward_on_reordered_inputs(arch
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @torch.no_grad()
-def test_beams_sharing_one_cross_attention_row_per_sentence_equal_a_full_forward(
-    arch: dict,
-) -> None:
-    # Beam search keeps the encoder's keys/values once per sentence: 3 sentences x 4 beams.
+def test_beams_reading_one_source_row_per_sentence_equal_a_full_forward(arch: dict) -> None:
+    # Beam search: one hypothesis per sentence at first, then 4 beams each (12 rows) that read
+    # their sentence's encoder output; the cache keeps its keys/values once per sentence.
     model, beams = tiny_model(**arch), 4
     src, tgt = padded_source(), random_ids(12, 5, seed=21)
     tgt[:, 0] = BOS  # every beam starts alike
     src_mask = model.source_mask(src)
-    memory = model.encode(src, src_mask)
+    memory = model.encode(src, src_mask)  # (3, S, D)
     cache = model.new_cache()
     first = model.decode(tgt[::beams, :1], memory, src_mask, cache)  # one row per sentence
     copies = torch.arange(3).repeat_interleave(beams)  # (12,) row b * 4 + k is sentence b
-    cache.reorder_beams(copies)
-    assert cache.layers[0].cross_k.size(0) == 3  # still one row per sentence
-    memory, src_mask = memory[copies], src_mask[copies]
+    cache.reorder(copies)
+    assert cache.cross_attn[0].k.size(0) == 3  # still one row per sentence
     later = [model.decode(tgt[:, t : t + 1], memory, src_mask, cache) for t in range(1, 5)]
     full = model(src[copies], tgt)
     torch.testing.assert_close(first[copies], full[:, :1], **TOL)
     torch.testing.assert_close(torch.cat(later, dim=1), full[:, 1:], **TOL)
-    # Sentence 1 leaves: beams of sentences 0 and 2 go on, with reordered beams.
+    # Sentence 1 leaves: beams of sentences 0 and 2 go on, reordered within each sentence.
     kept_rows = torch.tensor([1, 0, 0, 2, 8, 9, 11, 11])
-    cache.reorder_beams(kept_rows, torch.tensor([0, 2]))
-    assert cache.layers[0].cross_k.size(0) == 2
+    cache.reorder(kept_rows)
+    assert cache.cross_attn[0].k.size(0) == 2
     extra = random_ids(8, 1, seed=22)
-    step = model.decode(extra, memory[kept_rows], src_mask[kept_rows], cache)
+    step = model.decode(extra, None, None, cache)  # the cache holds the source now
     expected = model(src[copies][kept_rows], torch.cat([tgt[kept_rows], extra], dim=1))
     torch.testing.assert_close(step, expected[:, -1:], **TOL)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES[:2])
+@torch.no_grad()
+def test_decoding_several_rows_per_source_without_a_cache_equals_repeating_the_source(
+    arch: dict,
+) -> None:
+    model = tiny_model(**arch)
+    src, tgt = padded_source(), random_ids(6, 4, seed=23)  # 2 target rows per sentence
+    src_mask = model.source_mask(src)
+    memory = model.encode(src, src_mask)
+    shared = model.decode(tgt, memory, src_mask)
+    copies = torch.arange(3).repeat_interleave(2)
+    torch.testing.assert_close(shared, model.decode(tgt, memory[copies], src_mask[copies]), **TOL)
+
+
+@torch.no_grad()
+def test_a_reorder_that_mixes_sentences_gives_each_row_its_own_source() -> None:
+    # Not what the searches do, but a cache must follow any reorder.
+    model = tiny_model()
+    src, tgt = padded_source(), random_ids(6, 3, seed=24)
+    tgt[:, 0] = BOS  # the beams of a sentence start alike
+    src_mask = model.source_mask(src)
+    memory = model.encode(src, src_mask)
+    cache = model.new_cache()
+    model.decode(tgt[::2, :1], memory, src_mask, cache)
+    cache.reorder(torch.arange(3).repeat_interleave(2))  # 2 beams per sentence
+    model.decode(tgt[:, 1:2], memory, src_mask, cache)
+    mixed = torch.tensor([4, 0, 1, 5, 2])  # rows of sentences 2, 0, 0, 2, 1
+    cache.reorder(mixed)
+    assert cache.cross_attn[0].k.size(0) == 5
+    step = model.decode(tgt[mixed, 2:3], None, None, cache)
+    sources = torch.tensor([2, 0, 0, 2, 1])
+    torch.testing.assert_close(step, model(src[sources], tgt[mixed])[:, -1:], **TOL)
 
 
 @torch.no_grad()
@@ -199,8 +231,8 @@ def test_the_cache_keeps_cross_attention_keys_contiguous() -> None:
     src_mask = model.source_mask(src)
     cache = model.new_cache()
     model.decode(random_ids(3, 1, seed=3), model.encode(src, src_mask), src_mask, cache)
-    for layer in cache.layers:
-        assert layer.cross_k.is_contiguous() and layer.cross_v.is_contiguous()
+    for layer in cache.cross_attn:
+        assert layer.k.is_contiguous() and layer.v.is_contiguous()
 
 
 # ----------------------------------------------------------------- positional encodings

@@ -13,6 +13,7 @@ from transformer.config import DecodingConfig, ModelConfig
 from transformer.model import DecoderCache, Transformer
 from transformer.search import (
     Hypothesis,
+    NonFiniteScoreError,
     beam_search,
     beam_step,
     gnmt_length_penalty,
@@ -21,6 +22,7 @@ from transformer.search import (
     row_max,
     search,
 )
+from transformer.special_ids import SpecialIds
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 A, B, C = 4, 5, 6  # the scripted models' words
@@ -73,22 +75,22 @@ class ScriptedCache:
         assert self.tokens is not None
         self.tokens = self.tokens.index_select(0, indices)
 
-    def reorder_beams(self, indices: Tensor, sentence_rows: Tensor | None = None) -> None:
-        """Keep rows `indices` (the scripted cache has no cross-attention part)."""
-        self.reorder(indices)
-
 
 class ScriptedModel:
     """Next-token probabilities read from a script chosen by the sentence's first source token.
 
-    The encoder output carries that token, so rows whose memory is not reordered or dropped
-    along with the hypotheses read the wrong script. Unknown prefixes end with EOS.
+    The encoder output carries that token, one row per sentence; the N / B consecutive
+    decoder rows after row b·N/B read sentence b (its hypotheses), so a sentence whose
+    memory is not dropped along with its hypotheses makes the others read the wrong script.
+    Unknown prefixes end with EOS.
     """
+
+    special_ids = SpecialIds()
+    max_target_positions = None
 
     def __init__(self, scripts: dict[int, Script], default: dict[int, float] | None = None):
         self.scripts = scripts
         self.default = default or {EOS: 1.0}
-        self.config = ModelConfig(src_vocab_size=SCRIPT_VOCAB, tgt_vocab_size=SCRIPT_VOCAB)
         self.rows_per_call: list[int] = []
 
     def source_mask(self, src: Tensor) -> Tensor:
@@ -107,7 +109,8 @@ class ScriptedModel:
         self, tgt: Tensor, memory: Tensor, src_mask: Tensor, cache: ScriptedCache | None = None
     ) -> Tensor:
         """(N, T) -> logits (N, T, V) = log of the scripted probabilities."""
-        assert tgt.size(0) == memory.size(0) == src_mask.size(0)
+        assert memory.size(0) == src_mask.size(0) and tgt.size(0) % memory.size(0) == 0
+        hypotheses_per_sentence = tgt.size(0) // memory.size(0)
         self.rows_per_call.append(tgt.size(0))
         full = tgt
         if cache is not None:
@@ -116,7 +119,7 @@ class ScriptedModel:
         first = full.size(1) - tgt.size(1)
         logits = torch.full((tgt.size(0), tgt.size(1), SCRIPT_VOCAB), -math.inf)
         for row in range(tgt.size(0)):
-            script = self.scripts[int(memory[row, 0, 0])]
+            script = self.scripts[int(memory[row // hypotheses_per_sentence, 0, 0])]
             for j in range(tgt.size(1)):
                 prefix = tuple(full[row, 1 : first + j + 1].tolist())
                 for token, p in script.get(prefix, self.default).items():
@@ -154,7 +157,8 @@ class RisingEos(nn.Module):
     def __init__(self, model: Transformer, slope: float = 1.0, shift: float = 3.0) -> None:
         super().__init__()
         self.model = model
-        self.config = model.config
+        self.special_ids = model.special_ids
+        self.max_target_positions = model.max_target_positions
         self.slope = slope
         self.shift = shift
 
@@ -253,21 +257,34 @@ def test_gnmt_length_penalty_is_one_without_alpha_and_grows_with_length() -> Non
 
 def test_max_output_lengths_count_non_pad_source_tokens_and_respect_the_cap() -> None:
     src = torch.tensor([[5, 6, 7, 8], [5, 6, 0, 0], [0, 0, 0, 0]])
-    assert max_output_lengths(src, 1.5, 2) == [8, 5, 2]
-    assert max_output_lengths(src, 1.5, 2, max_positions=6) == [6, 5, 2]
-    assert max_output_lengths(src, 0.0, 0) == [1, 1, 1]
+    assert max_output_lengths(src, 1.5, 2, PAD) == [8, 5, 2]
+    assert max_output_lengths(src, 1.5, 2, PAD, max_positions=6) == [6, 5, 2]
+    assert max_output_lengths(src, 0.0, 0, PAD) == [1, 1, 1]
 
 
 def test_beam_step_keeps_k_live_candidates_when_eos_candidates_rank_first() -> None:
     # Two beams; each has EOS as its best extension, so the best 2 candidates both end.
     beam_log_prob = torch.tensor([[0.0], [-1.0]])
     next_log_prob = torch.log(torch.tensor([[0.0, 0, 0, 0.7, 0.2, 0.1], [0.0, 0, 0, 0.9, 0.1, 0]]))
-    step = beam_step((beam_log_prob + next_log_prob)[None], eos_id=EOS)  # (1, 2, 6)
+    step = beam_step((beam_log_prob + next_log_prob)[None], 2, eos_id=EOS)  # (1, 2, 6)
     assert step.eos_parent.tolist() == [[0, 1]]
     assert step.eos_log_prob.tolist()[0] == pytest.approx([math.log(0.7), math.log(0.9) - 1])
     assert step.live_token.tolist() == [[4, 5]]
     assert step.live_parent.tolist() == [[0, 0]]
     assert step.live_log_prob.tolist()[0] == pytest.approx([math.log(0.2), math.log(0.1)])
+
+
+def test_beam_step_from_one_hypothesis_with_fewer_words_than_candidates_pads_with_minus_inf():
+    # The first step extends one hypothesis per sentence; 3 words cannot fill 2K = 4 places.
+    log_prob = torch.log(torch.tensor([[[0.5, 0.3, 0.2]]]))  # (1, 1, 3), EOS is id 2 here
+    step = beam_step(log_prob, 2, eos_id=2)
+    assert step.live_token.tolist() == [[0, 1]]
+    assert step.eos_log_prob.tolist()[0] == [-math.inf, -math.inf]  # EOS ranks third
+    step = beam_step(log_prob, 3, eos_id=2)
+    assert step.eos_log_prob.tolist()[0][2] == pytest.approx(math.log(0.2))
+    assert step.live_log_prob.tolist()[0] == pytest.approx(
+        [math.log(0.5), math.log(0.3), -math.inf]
+    )
 
 
 # --------------------------------------------------------------------------- exact results
@@ -507,3 +524,13 @@ def test_row_max_equals_torch_max_with_first_index_on_ties(width: int) -> None:
     assert torch.equal(values, expected.values)
     assert torch.equal(indices, expected.indices)
     assert indices[1] == 0
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_a_model_with_non_finite_parameters_gives_a_clear_error(beam_size: int) -> None:
+    model = tiny_model(seed=0)
+    with torch.no_grad():
+        model.model.output_proj.weight.fill_(math.nan)  # as after diverged training
+    config = DecodingConfig(beam_size=beam_size, max_len_a=MAX_LEN_A, max_len_b=MAX_LEN_B)
+    with pytest.raises(NonFiniteScoreError, match="not finite"):
+        search(model, SOURCES, config)

@@ -7,11 +7,12 @@ included), D d_model, V target vocabulary. Beam rows are flattened sentence-majo
 Conventions shared by both searches:
 
 - A sentence is decoded for at most `int(max_len_a * src_len + max_len_b)` steps, where
-  `src_len` is its number of non-pad source tokens (at least 1 step, and at most
-  `model.config.max_positions` with learned positions). EOS takes a step, so an output holds
+  `src_len` is its number of non-pad source tokens (at least 1 step, and at most the
+  model's `max_target_positions` when it has one). EOS takes a step, so an output holds
   at most that many tokens, or one fewer and EOS; a hypothesis still going at the limit is
   returned as it is, unfinished (without EOS).
 - `min_length`: EOS is forbidden until a hypothesis has that many tokens. PAD is never produced.
+- The special ids (PAD, BOS, EOS) are the model's `special_ids`.
   Forbidden tokens get log-probability -inf; the others keep the model's log-softmax value
   (no renormalisation), so every score is a log-probability under the model.
 - Log-softmax is taken in float32 whatever the model's dtype.
@@ -30,14 +31,22 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from transformer.config import DecodingConfig, ModelConfig
+from transformer.config import DecodingConfig
+from transformer.errors import UserError
+from transformer.special_ids import SpecialIds
 
-# The project's fixed special ids (transformer.tokenizer defines the same values).
-PAD_ID = 0
-BOS_ID = 2
-EOS_ID = 3
+
+class NonFiniteScoreError(UserError, ValueError):
+    """The model scored a hypothesis NaN: its parameters are not all finite numbers."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the model's scores are not finite numbers (NaN): its parameters are damaged or "
+            "training diverged; decode with another checkpoint"
+        )
 
 
 class Cache(Protocol):
@@ -49,18 +58,22 @@ class Cache(Protocol):
         ...
 
     def reorder(self, indices: Tensor) -> None:
-        """Keep batch rows `indices`, in that order."""
-        ...
-
-    def reorder_beams(self, indices: Tensor, sentence_rows: Tensor | None = None) -> None:
-        """Reorder beams; cross-attention rows move only by `sentence_rows` (None: stay)."""
+        """Keep hypothesis rows `indices`, in that order (rows may repeat)."""
         ...
 
 
 class Seq2SeqModel(Protocol):
     """What the searches need of a model (`transformer.model.Transformer` provides it)."""
 
-    config: ModelConfig
+    @property
+    def special_ids(self) -> SpecialIds:
+        """PAD, BOS and EOS ids."""
+        ...
+
+    @property
+    def max_target_positions(self) -> int | None:
+        """The most target positions the decoder reads (None: no limit)."""
+        ...
 
     def source_mask(self, src: Tensor) -> Tensor:
         """Source ids (B, S) -> key mask (B, 1, 1, S), True = may attend."""
@@ -73,7 +86,8 @@ class Seq2SeqModel(Protocol):
     def decode(
         self, tgt: Tensor, memory: Tensor, src_mask: Tensor | None, cache: Cache | None = None
     ) -> Tensor:
-        """Target ids (B, T) -> next-token logits (B, T, V); with a cache, only new positions."""
+        """Target ids (N, T), N a multiple of B -> next-token logits (N, T, V); with a cache,
+        only the new positions."""
         ...
 
     def new_cache(self) -> Cache:
@@ -99,7 +113,7 @@ def max_output_lengths(
     src: Tensor,
     max_len_a: float,
     max_len_b: int,
-    pad_id: int = PAD_ID,
+    pad_id: int,
     max_positions: int | None = None,
 ) -> list[int]:
     """Per sentence: int(max_len_a * non-pad source length + max_len_b), clamped to [1, cap]."""
@@ -111,12 +125,6 @@ def max_output_lengths(
     return limits
 
 
-def _position_cap(model: Seq2SeqModel) -> int | None:
-    """Learned positions stop at max_positions; the decoder reads BOS + max_len - 1 tokens."""
-    config = model.config
-    return config.max_positions if config.positional_encoding == "learned" else None
-
-
 def _next_log_probs(
     model: Seq2SeqModel,
     tokens: Tensor,
@@ -124,18 +132,20 @@ def _next_log_probs(
     src_mask: Tensor,
     cache: Cache | None,
     forbid_eos: bool,
-    eos_id: int,
-    pad_id: int,
+    ids: SpecialIds,
 ) -> Tensor:
-    """Float32 log-probabilities of the next token after each prefix: (N, T) -> (N, V)."""
+    """Float32 log-probabilities of the next token after each prefix: (N, T) -> (N, V).
+
+    `memory` and `src_mask` have a row per sentence; the N prefixes are its hypotheses.
+    """
     if cache is None:
         logits = model.decode(tokens, memory, src_mask)[:, -1]  # whole prefix each step
     else:
         logits = model.decode(tokens[:, -1:], memory, src_mask, cache)[:, -1]  # (N, V)
     log_probs = logits.float().log_softmax(dim=-1)  # (N, V)
-    log_probs[:, pad_id] = -math.inf
+    log_probs[:, ids.pad] = -math.inf
     if forbid_eos:
-        log_probs[:, eos_id] = -math.inf
+        log_probs[:, ids.eos] = -math.inf
     return log_probs
 
 
@@ -168,9 +178,6 @@ def greedy_search(
     max_len_a: float,
     max_len_b: int,
     min_length: int = 0,
-    bos_id: int = BOS_ID,
-    eos_id: int = EOS_ID,
-    pad_id: int = PAD_ID,
     use_cache: bool = True,
 ) -> list[list[Hypothesis]]:
     """The most probable next token at each step, for a batch of source ids (B, S).
@@ -179,33 +186,36 @@ def greedy_search(
     `beam_search`'s n-best lists); its score is the sum of the token log-probs (EOS included
     when produced). Finished sentences leave the batch.
     """
+    ids = model.special_ids
     B, device = src.size(0), src.device
-    max_lens = max_output_lengths(src, max_len_a, max_len_b, pad_id, _position_cap(model))
+    max_lens = max_output_lengths(src, max_len_a, max_len_b, ids.pad, model.max_target_positions)
     src_mask = model.source_mask(src)  # (B, 1, 1, S)
     memory = model.encode(src, src_mask)  # (B, S, D)
     cache = model.new_cache() if use_cache else None
     results: list[Hypothesis] = [Hypothesis([], 0.0, 0.0) for _ in range(B)]
     active = list(range(B))  # original index of each active sentence
-    tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=device)  # (N, T)
+    tokens = torch.full((B, 1), ids.bos, dtype=torch.long, device=device)  # (N, T)
     log_prob = torch.zeros(B, device=device)  # (N,)
     step = 0
     while active:
         log_probs = _next_log_probs(
-            model, tokens, memory, src_mask, cache, step < min_length, eos_id, pad_id
+            model, tokens, memory, src_mask, cache, step < min_length, ids
         )  # (N, V)
         best, next_token = row_max(log_probs)  # (N,), (N,)
         log_prob = log_prob + best
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)  # (N, T + 1)
         step += 1
-        ended = (next_token == eos_id).tolist()
+        ended = (next_token == ids.eos).tolist()
         done = [ended[i] or max_lens[b] <= step for i, b in enumerate(active)]
         if not any(done):
             continue
         rows = torch.tensor([i for i, d in enumerate(done) if d], device=device)
-        for i, ids, lp in zip(
+        for i, hyp_ids, lp in zip(
             rows.tolist(), tokens[rows, 1:].tolist(), log_prob[rows].tolist(), strict=True
         ):
-            results[active[i]] = Hypothesis(_strip_eos(ids, eos_id), lp, lp)
+            if math.isnan(lp):
+                raise NonFiniteScoreError()
+            results[active[i]] = Hypothesis(_strip_eos(hyp_ids, ids.eos), lp, lp)
         keep = [i for i, d in enumerate(done) if not d]
         active = [active[i] for i in keep]
         if not active:
@@ -222,22 +232,29 @@ class BeamStep(NamedTuple):
     """What one beam step keeps of the 2K best candidates of each of N sentences."""
 
     eos_log_prob: Tensor  # (N, K) EOS candidates among the best K; -inf at other positions
-    eos_parent: Tensor  # (N, K) flat row (sentence * K + beam) each candidate extends
+    eos_parent: Tensor  # (N, K) flat row (sentence * k + hypothesis) each candidate extends
     live_log_prob: Tensor  # (N, K) the best K candidates not ending in EOS, best first
     live_parent: Tensor  # (N, K) flat row each live candidate extends
     live_token: Tensor  # (N, K) the token each live candidate appends
 
 
-def beam_step(candidate_log_prob: Tensor, eos_id: int) -> BeamStep:
-    """One beam step over the log-probs (N, K, V) of every one-token extension of K beams.
+def beam_step(candidate_log_prob: Tensor, beam_size: int, eos_id: int) -> BeamStep:
+    """One beam step over the log-probs (N, k, V) of every one-token extension of the k
+    hypotheses of N sentences (k is 1 at the first step, then the beam size K).
 
-    The best 2K of the K * V extensions are taken so that K survive even when K of them end
-    in EOS (at most one per beam can). EOS candidates count only among the best K: beyond
-    that rank, K better extensions exist.
+    The best 2K of the k * V extensions are taken so that K survive even when K of them end
+    in EOS (at most one per hypothesis can). EOS candidates count only among the best K:
+    beyond that rank, K better extensions exist. With fewer than 2K extensions (a tiny
+    vocabulary), the missing candidates have log-prob -inf.
     """
-    N, K, V = candidate_log_prob.shape
-    cand_log_prob, cand_index = candidate_log_prob.view(N, K * V).topk(2 * K, dim=1)  # (N, 2K)
-    cand_parent = cand_index // V + torch.arange(N, device=cand_index.device)[:, None] * K
+    N, k, V = candidate_log_prob.shape
+    K = beam_size
+    taken = min(2 * K, k * V)
+    cand_log_prob, cand_index = candidate_log_prob.view(N, k * V).topk(taken, dim=1)  # (N, 2K)
+    if taken < 2 * K:
+        cand_log_prob = F.pad(cand_log_prob, (0, 2 * K - taken), value=-math.inf)
+        cand_index = F.pad(cand_index, (0, 2 * K - taken), value=0)
+    cand_parent = cand_index // V + torch.arange(N, device=cand_index.device)[:, None] * k
     cand_token = cand_index % V  # (N, 2K)
     cand_eos = cand_token == eos_id  # (N, 2K)
     eos_log_prob = cand_log_prob[:, :K].masked_fill(~cand_eos[:, :K], -math.inf)  # (N, K)
@@ -321,64 +338,42 @@ def beam_search(
     nbest: int = 1,
     length_penalty: float = 0.6,
     min_length: int = 0,
-    bos_id: int = BOS_ID,
-    eos_id: int = EOS_ID,
-    pad_id: int = PAD_ID,
     use_cache: bool = True,
 ) -> list[list[Hypothesis]]:
     """Beam search over a batch of source ids (B, S): per sentence its n-best list, best first.
 
-    Sentences and beams are decoded together as B*K rows; the encoder runs once. Each step
-    (`beam_step`) finishes the EOS candidates among the best K and continues the best K
-    others, reordering the cache to follow them. A sentence is done at its maximum length
-    (its live hypotheses are then finished as they are), or once K hypotheses have finished
-    and the best live log-prob over lp(max length) does not beat the worst of them: for
-    alpha >= 0 no continuation can score better, since log-probs only fall and lp only
-    grows. Done sentences leave the batch. Lists may hold fewer than `nbest` hypotheses
-    only when fewer distinct outputs exist.
+    Each sentence starts from one hypothesis (BOS) and keeps K = `beam_size` after the first
+    step; all hypotheses of all sentences are decoded together as rows, sentence-major, and
+    the encoder runs once. Each step (`beam_step`) finishes the EOS candidates among the best
+    K and continues the best K others, reordering the cache to follow them. A sentence is
+    done at its maximum length (its live hypotheses are then finished as they are), or once K
+    hypotheses have finished and the best live log-prob over lp(max length) does not beat the
+    worst of them: for alpha >= 0 no continuation can score better, since log-probs only fall
+    and lp only grows. Done sentences leave the batch. Lists may hold fewer than `nbest`
+    hypotheses only when fewer distinct outputs exist.
     """
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"need 1 <= nbest <= beam_size, got {beam_size=} and {nbest=}")
     if length_penalty < 0:
         raise ValueError(f"length_penalty must be >= 0 (got {length_penalty})")
+    ids = model.special_ids
     alpha, K, device = length_penalty, beam_size, src.device
     B = src.size(0)
-    max_lens = max_output_lengths(src, max_len_a, max_len_b, pad_id, _position_cap(model))
-    first_src_mask = model.source_mask(src)  # (B, 1, 1, S)
-    first_memory = model.encode(src, first_src_mask)  # (B, S, D)
-    memory = first_memory.repeat_interleave(K, dim=0)  # (B*K, S, D)
-    src_mask = first_src_mask.repeat_interleave(K, dim=0)  # (B*K, 1, 1, S)
+    max_lens = max_output_lengths(src, max_len_a, max_len_b, ids.pad, model.max_target_positions)
+    src_mask = model.source_mask(src)  # (B, 1, 1, S)
+    memory = model.encode(src, src_mask)  # (B, S, D): one row per sentence, for all its beams
     cache = model.new_cache() if use_cache else None
     finished = [_Finished(K) for _ in range(B)]
     active = list(range(B))  # original index of each active sentence
-    tokens = torch.full((B * K, 1), bos_id, dtype=torch.long, device=device)  # (N*K, T)
-    # Only beam 0 is live at first: the K identical rows would fill the beam with copies.
-    beam_log_prob = torch.full((B, K), -math.inf, device=device)  # (N, K)
-    beam_log_prob[:, 0] = 0.0
+    tokens = torch.full((B, 1), ids.bos, dtype=torch.long, device=device)  # (N*k, T)
+    beam_log_prob = torch.zeros(B, 1, device=device)  # (N, k): one hypothesis, BOS, at first
     step = 0
     while active:
-        if step == 0:
-            # Every beam is BOS: decode one row per sentence and copy it to the K beams. The
-            # cache keeps the cross-attention keys/values once per sentence, for its K beams.
-            copies = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,)
-            log_probs = _next_log_probs(
-                model,
-                tokens[::K],
-                first_memory,
-                first_src_mask,
-                cache,
-                min_length > 0,
-                eos_id,
-                pad_id,
-            )[copies]  # (B*K, V)
-            if cache is not None:
-                cache.reorder_beams(copies)
-        else:
-            log_probs = _next_log_probs(
-                model, tokens, memory, src_mask, cache, step < min_length, eos_id, pad_id
-            )  # (N*K, V)
-        log_probs += beam_log_prob.view(-1, 1)  # in place: one (N*K, V) tensor fewer per step
-        result = beam_step(log_probs.view(len(active), K, -1), eos_id)
+        log_probs = _next_log_probs(
+            model, tokens, memory, src_mask, cache, step < min_length, ids
+        )  # (N*k, V)
+        log_probs += beam_log_prob.view(-1, 1)  # in place: one (N*k, V) tensor fewer per step
+        result = beam_step(log_probs.view(len(active), beam_log_prob.size(1), -1), K, ids.eos)
         step += 1
 
         _finish_eos_candidates(result, tokens, [finished[b] for b in active], alpha)
@@ -386,6 +381,8 @@ def beam_search(
         if at_limit:
             _finish_live(result, tokens, at_limit, [finished[active[i]] for i in at_limit], alpha)
         best_live = result.live_log_prob[:, 0].tolist()  # (N,)
+        if any(math.isnan(value) for value in best_live):
+            raise NonFiniteScoreError()
         done = [
             max_lens[b] <= step
             or best_live[i] == -math.inf
@@ -400,7 +397,7 @@ def beam_search(
             result.live_log_prob,
             result.live_parent,
             result.live_token,
-        )
+        )  # (N, K) each
         if any(done):
             keep = [i for i, sentence_done in enumerate(done) if not sentence_done]
             active = [active[i] for i in keep]
@@ -411,41 +408,23 @@ def beam_search(
                 beam_log_prob[keep_t],
                 parent[keep_t],
                 next_token[keep_t],
-            )
-            kept_rows = (keep_t[:, None] * K + torch.arange(K, device=device)).view(-1)
-            memory, src_mask = memory[kept_rows], src_mask[kept_rows]  # (N'*K, ...)
-            kept_sentences = keep_t
-        else:
-            kept_sentences = None  # the same sentences: cross-attention rows stay
-        rows = parent.view(-1)  # (N'*K,) the row each surviving beam extends
+            )  # (N', K) each
+            memory, src_mask = memory[keep_t], src_mask[keep_t]  # (N', S, D), (N', 1, 1, S)
+        rows = parent.view(-1)  # (N'*K,) the row each surviving hypothesis extends
         tokens = torch.cat([tokens[rows], next_token.view(-1, 1)], dim=1)  # (N'*K, T + 1)
         if cache is not None:
-            cache.reorder_beams(rows, kept_sentences)
+            cache.reorder(rows)
     return [finished[b].hypotheses[:nbest] for b in range(B)]
 
 
 @torch.inference_mode()
 def search(
-    model: Seq2SeqModel,
-    src: Tensor,
-    config: DecodingConfig,
-    bos_id: int = BOS_ID,
-    eos_id: int = EOS_ID,
-    pad_id: int = PAD_ID,
-    use_cache: bool = True,
+    model: Seq2SeqModel, src: Tensor, config: DecodingConfig, use_cache: bool = True
 ) -> list[list[Hypothesis]]:
     """Decode a batch as `config` says: greedy for beam_size 1, beam search otherwise."""
     if config.beam_size == 1:
         return greedy_search(
-            model,
-            src,
-            config.max_len_a,
-            config.max_len_b,
-            config.min_length,
-            bos_id,
-            eos_id,
-            pad_id,
-            use_cache,
+            model, src, config.max_len_a, config.max_len_b, config.min_length, use_cache
         )
     return beam_search(
         model,
@@ -456,8 +435,5 @@ def search(
         config.nbest,
         config.length_penalty,
         config.min_length,
-        bos_id,
-        eos_id,
-        pad_id,
         use_cache,
     )

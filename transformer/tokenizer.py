@@ -31,13 +31,10 @@ import sentencepiece as spm
 
 from transformer.config import TokenizerConfig
 from transformer.errors import UserError
+from transformer.special_ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 logger = logging.getLogger(__name__)
 
-PAD_ID = 0
-UNK_ID = 1
-BOS_ID = 2
-EOS_ID = 3
 PAD_PIECE = "<pad>"
 UNK_PIECE = "<unk>"
 BOS_PIECE = "<s>"

@@ -37,7 +37,7 @@ from transformer.evaluate import corpus_scores
 from transformer.model import Transformer
 from transformer.schedule import learning_rate
 from transformer.search import greedy_search
-from transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerPair
+from transformer.tokenizer import PAD_ID, TokenizerPair
 
 logger = logging.getLogger(__name__)
 
@@ -299,9 +299,6 @@ class Trainer:
                         batch.src,
                         max_len_a=decoding.max_len_a,
                         max_len_b=decoding.max_len_b,
-                        bos_id=BOS_ID,
-                        eos_id=EOS_ID,
-                        pad_id=PAD_ID,
                     )
                 for index, hypothesis in zip(indices, outputs, strict=True):
                     hypotheses[index] = self.tokenizers.tgt.decode(hypothesis[0].tokens)

@@ -27,7 +27,7 @@ from transformer.config import Config, DecodingConfig, ModelConfig, load_config
 from transformer.device import resolve_device
 from transformer.model import Transformer
 from transformer.search import Hypothesis, search
-from transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerPair, load_tokenizers
+from transformer.tokenizer import EOS_ID, PAD_ID, TokenizerPair, load_tokenizers
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class Translator:
 
     def _search(self, src: Tensor, decoding: DecodingConfig) -> list[list[Hypothesis]]:
         """Greedy search when beam_size is 1, else beam search, over source ids (B, S)."""
-        return search(self.model, src, decoding, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID)
+        return search(self.model, src, decoding)
 
 
 def read_run_config(run_dir: str | Path) -> Config:

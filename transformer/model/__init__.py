@@ -6,7 +6,7 @@ from transformer.model.attention import (
     padding_mask,
     scaled_dot_product_attention,
 )
-from transformer.model.cache import DecoderCache, LayerCache
+from transformer.model.cache import DecoderCache, KVCache
 from transformer.model.layers import (
     AddNorm,
     DecoderLayer,
@@ -16,10 +16,11 @@ from transformer.model.layers import (
     LearnedPositionalEncoding,
     SinusoidalPositionalEncoding,
 )
-from transformer.model.transformer import Decoder, Encoder, Transformer
+from transformer.model.transformer import AttentionMaps, Decoder, Encoder, Transformer
 
 __all__ = [
     "AddNorm",
+    "AttentionMaps",
     "Decoder",
     "DecoderCache",
     "DecoderLayer",
@@ -27,7 +28,7 @@ __all__ = [
     "Encoder",
     "EncoderLayer",
     "FeedForward",
-    "LayerCache",
+    "KVCache",
     "LearnedPositionalEncoding",
     "MultiHeadAttention",
     "SinusoidalPositionalEncoding",

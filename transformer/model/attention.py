@@ -2,15 +2,29 @@
 
 Shape legend: B batch, H heads, Tq query length, Tk key length, D d_model, d_k = D / H.
 Mask convention: boolean, True = "may attend", broadcastable to (B, H, Tq, Tk).
+
+`scaled_dot_product_attention` is the paper's formula, written out: the reference, and the
+source of the attention weights that `transformer-explain` draws. Two fast paths compute the
+same thing and are proven equal to it by tests:
+
+- `fused_attention`, PyTorch's fused kernel, when the weights are not asked for
+  (`attention` chooses between the two);
+- `shared_key_attention`, when several query rows read one row of keys and values (the
+  beams of one sentence, which share its encoder output): their queries are stacked so the
+  keys are multiplied once, not copied for every beam.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from transformer.model.cache import KVCache
 
 
 def padding_mask(ids: Tensor, pad_id: int) -> Tensor:
@@ -46,7 +60,7 @@ def scaled_dot_product_attention(
     scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)  # (B, H, Tq, Tk)
     if mask is not None:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    weights = scores.softmax(dim=-1)  # (B, H, Tq, Tk)
+    weights = scores.softmax(dim=-1)  # (B, H, Tq, Tk), each row sums to 1 over allowed keys
     if mask is not None:
         weights = weights.masked_fill(~mask, 0.0)
     if dropout > 0.0 and training:
@@ -54,7 +68,7 @@ def scaled_dot_product_attention(
     return weights @ v, weights  # (B, H, Tq, d_k), (B, H, Tq, Tk)
 
 
-def fast_attention(
+def fused_attention(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float, training: bool
 ) -> Tensor:
     """The same attention through PyTorch's fused `F.scaled_dot_product_attention`."""
@@ -63,27 +77,86 @@ def fast_attention(
     )  # (B, H, Tq, d_k)
 
 
-def _worth_fusing(x: Tensor, d_model: int) -> bool:
-    """Whether projecting `x` (..., D) through concatenated weights beats separate matmuls.
+def written_out_is_faster(q: Tensor, training: bool) -> bool:
+    """Whether the written-out formula beats the fused kernel for these queries (B, H, Tq, d_k).
 
-    Concatenating copies the weights on every call; one wide matmul repays that only for
-    many rows (training, encoding), not for the few rows of a decoding step.
+    A few queries per row at inference on a CPU (a decoding step: one query per hypothesis,
+    or the stacked beams of a sentence): the fused kernel's fixed cost per call then
+    outweighs its two small matmuls, several times over.
     """
-    return x.numel() // d_model >= d_model
+    return not training and q.size(-2) <= 16 and q.device.type == "cpu"
 
 
-def _fused_linear(x: Tensor, *linears: nn.Linear) -> tuple[Tensor, ...]:
-    """Several nn.Linear of the same input in one matmul: (..., D) -> one (..., D) per layer."""
-    weight = torch.cat([linear.weight for linear in linears])  # (n * D, D)
-    bias = torch.cat([linear.bias for linear in linears])  # (n * D,)
-    return F.linear(x, weight, bias).chunk(len(linears), dim=-1)
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    dropout: float,
+    training: bool,
+    need_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """softmax(Q Kᵀ / √d_k) V by the fastest path that gives what is asked for.
+
+    q: (N, H, Tq, d_k); k, v: (B, H, Tk, d_k) where B is N, or divides N (see
+    `shared_key_attention`). Returns the output (N, H, Tq, d_k) and, with `need_weights`, the
+    weights (N, H, Tq, Tk) of the written-out formula; else None.
+    """
+    if q.size(0) != k.size(0):
+        return shared_key_attention(q, k, v, mask, dropout, training, need_weights)
+    if need_weights or written_out_is_faster(q, training):
+        out, weights = scaled_dot_product_attention(q, k, v, mask, dropout, training)
+        return out, weights if need_weights else None
+    return fused_attention(q, k, v, mask, dropout, training), None
+
+
+def shared_key_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    dropout: float,
+    training: bool,
+    need_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Attention of N = G·B query rows over B rows of keys: query row r reads key row r // G.
+
+    The same as repeating each row of k, v and mask G times, without the copies: the G query
+    rows of a key row are stacked into one row of G·Tq queries (attention treats every query
+    alone, so this changes nothing but the matmul shapes). The mask may only mask keys:
+    (B, 1, 1, Tk), or None. q: (N, H, Tq, d_k), k and v: (B, H, Tk, d_k).
+    """
+    N, H, Tq, d_k = q.shape
+    B = k.size(0)
+    if N % B or (mask is not None and (mask.size(0) not in (1, B) or mask.size(-2) != 1)):
+        shape = None if mask is None else tuple(mask.shape)
+        raise ValueError(
+            f"{N} query rows cannot share {B} rows of keys (mask {shape}): the query rows "
+            "must be a multiple of the key rows, and the mask must mask keys only"
+        )
+    G = N // B
+    stacked = q.view(B, G, H, Tq, d_k).transpose(1, 2).reshape(B, H, G * Tq, d_k)
+    out, weights = attention(stacked, k, v, mask, dropout, training, need_weights)
+    out = out.view(B, H, G, Tq, d_k).transpose(1, 2).reshape(N, H, Tq, d_k)
+    if weights is not None:
+        Tk = weights.size(-1)
+        weights = weights.view(B, H, G, Tq, Tk).transpose(1, 2).reshape(N, H, Tq, Tk)
+    return out, weights
 
 
 class MultiHeadAttention(nn.Module):
-    """MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O, head_i = Attention(Q W_i^Q, K W_i^K,
-    V W_i^V).
+    """MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O,
+    head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
 
-    One class for encoder self-attention, causal decoder self-attention and cross-attention.
+    The h heads' projections side by side are one D x D matrix each (W^Q = [W_1^Q ... W_h^Q]),
+    and the three are stored stacked in one linear layer, `qkv_proj` (3D outputs: Q, then K,
+    then V), so that self-attention projects its input once. Cross-attention projects the
+    decoder's queries with the first D outputs' weights and the encoder output with the last
+    2D. `out_proj` is W^O.
+
+    One class serves the three attentions of the model: encoder self-attention (padding
+    mask), masked decoder self-attention (causal mask) and cross-attention (queries from the
+    decoder, keys and values from the encoder output).
     """
 
     def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0) -> None:
@@ -94,70 +167,73 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.d_k = d_model // num_heads
         self.dropout = dropout
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
+        self.qkv_proj = nn.Linear(d_model, 3 * d_model)  # [W^Q | W^K | W^V] and their biases
+        self.out_proj = nn.Linear(d_model, d_model)  # W^O
+        self.register_load_state_dict_pre_hook(_fuse_separate_projections)
 
     def split_heads(self, x: Tensor) -> Tensor:
-        """(B, T, D) -> (B, H, T, d_k)."""
+        """(B, T, D) -> (B, H, T, d_k): head i reads features i·d_k .. (i+1)·d_k - 1."""
         B, T, _ = x.shape
         return x.view(B, T, self.num_heads, self.d_k).transpose(1, 2)
-
-    def project_query(self, query: Tensor) -> Tensor:
-        """Q W^Q split into heads: (B, Tq, D) -> (B, H, Tq, d_k)."""
-        return self.split_heads(self.q_proj(query))
-
-    def project_key_value(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
-        """K W^K and V W^V split into heads: (B, Tk, D) -> two (B, H, Tk, d_k)."""
-        if key is value and _worth_fusing(key, self.d_model):
-            k, v = _fused_linear(key, self.k_proj, self.v_proj)  # (B, Tk, D) each
-        else:
-            k, v = self.k_proj(key), self.v_proj(value)
-        return self.split_heads(k), self.split_heads(v)
-
-    def project_self(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Q, K, V of self-attention (one matmul for many rows): (B, T, D) -> 3 x (B, H, T, d_k)."""
-        if _worth_fusing(x, self.d_model):
-            q, k, v = _fused_linear(x, self.q_proj, self.k_proj, self.v_proj)  # (B, T, D) each
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        return self.split_heads(q), self.split_heads(k), self.split_heads(v)
-
-    def attend(
-        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, need_weights: bool = False
-    ) -> tuple[Tensor, Tensor | None]:
-        """Attention over projected heads, then W^O: -> (B, Tq, D) and optional weights."""
-        B, _, Tq, _ = q.shape
-        # A few queries per row (incremental decoding: one per row, or one per beam when
-        # beams share keys) on a CPU: the fused kernel's fixed cost outweighs the two small
-        # matmuls of the written-out form, several times over.
-        few_queries_on_cpu = Tq <= 16 and q.device.type == "cpu" and not self.training
-        if need_weights or few_queries_on_cpu:
-            out, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout, self.training)
-        else:
-            out, weights = fast_attention(q, k, v, mask, self.dropout, self.training), None
-        out = out.transpose(1, 2).reshape(B, Tq, self.d_model)  # (B, Tq, D)
-        return self.out_proj(out), weights
 
     def forward(
         self,
         query: Tensor,
-        key: Tensor,
-        value: Tensor,
+        key_value: Tensor | None,
         mask: Tensor | None = None,
-        need_weights: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """(B, Tq, D), (B, Tk, D), (B, Tk, D) -> (B, Tq, D) [, weights (B, H, Tq, Tk)]."""
-        if query.size(0) != key.size(0) or key.shape[:2] != value.shape[:2]:
-            raise ValueError(
-                f"attention inputs disagree: query {tuple(query.shape)}, key "
-                f"{tuple(key.shape)}, value {tuple(value.shape)}"
-            )
-        if query is key and key is value:
-            q, k, v = self.project_self(query)
-        else:
-            q = self.project_query(query)
-            k, v = self.project_key_value(key, value)
-        out, weights = self.attend(q, k, v, mask, need_weights)
-        return (out, weights) if need_weights else out
+        cache: KVCache | None = None,
+        weights: list[Tensor] | None = None,
+    ) -> Tensor:
+        """Attend from `query` (B, Tq, D) to `key_value` (B_kv, Tk, D) -> (B, Tq, D).
+
+        Self-attention passes one tensor as both; cross-attention passes the encoder output
+        as `key_value`, whose B_kv rows may each serve B / B_kv consecutive query rows (the
+        beams of a sentence). `mask` broadcasts to (B, H, Tq, Tk).
+
+        With a `cache` (incremental decoding), self-attention appends the new positions'
+        keys and values to it and attends over all of them; cross-attention computes the
+        encoder output's keys and values at the first step, keeps them, and reuses them
+        afterwards (`key_value` is then not read and may be None).
+        With a `weights` list, the attention weights (B, H, Tq, Tk) are appended to it.
+        """
+        B, Tq, D = query.shape
+        if query is key_value:  # self-attention: Q, K, V = x W^Q, x W^K, x W^V in one matmul
+            q, k, v = self.qkv_proj(query).chunk(3, dim=-1)  # (B, Tq, D) each
+            k, v = self.split_heads(k), self.split_heads(v)  # (B, H, Tq, d_k)
+            if cache is not None:
+                k, v = cache.append(k, v)  # (B, H, T_cached + Tq, d_k)
+        else:  # cross-attention: queries from `query`, keys and values from `key_value`
+            w_q, w_kv = self.qkv_proj.weight.split([D, 2 * D])  # (D, D), (2D, D)
+            b_q, b_kv = self.qkv_proj.bias.split([D, 2 * D])
+            q = F.linear(query, w_q, b_q)  # (B, Tq, D)
+            if cache is not None and cache.kept:
+                k, v = cache.k, cache.v  # (B_kv, H, Tk, d_k), projected at the first step
+            else:
+                if key_value is None:
+                    raise ValueError("cross-attention needs key_value until its cache holds it")
+                k, v = F.linear(key_value, w_kv, b_kv).chunk(2, dim=-1)  # (B_kv, Tk, D) each
+                k, v = self.split_heads(k), self.split_heads(v)  # (B_kv, H, Tk, d_k)
+                if cache is not None:
+                    k, v = cache.keep(k, v)
+        q = self.split_heads(q)  # (B, H, Tq, d_k)
+        heads, head_weights = attention(
+            q, k, v, mask, self.dropout, self.training, need_weights=weights is not None
+        )  # (B, H, Tq, d_k), (B, H, Tq, Tk) or None
+        if weights is not None:
+            weights.append(head_weights)
+        concat = heads.transpose(1, 2).reshape(B, Tq, D)  # Concat(head_1, ..., head_h)
+        return self.out_proj(concat)  # (B, Tq, D)
+
+
+def _fuse_separate_projections(
+    module: nn.Module, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any
+) -> None:
+    """Load checkpoints written before W^Q, W^K, W^V were stored stacked (q_proj, k_proj,
+    v_proj): their weights and biases are stacked into `qkv_proj` as they are loaded."""
+    old = [f"{prefix}{name}_proj" for name in ("q", "k", "v")]
+    if f"{old[0]}.weight" not in state_dict:
+        return
+    for part in ("weight", "bias"):
+        state_dict[f"{prefix}qkv_proj.{part}"] = torch.cat(  # type: ignore[index]
+            [state_dict.pop(f"{name}.{part}") for name in old]  # type: ignore[attr-defined]
+        )

@@ -1,83 +1,108 @@
 """The decoder's key/value cache for incremental (token-by-token) decoding.
 
-Shape legend: B batch (sentences x beams), H heads, T tokens decoded so far, S source length,
-d_k = d_model / H.
+Shape legend: N hypotheses (decoder rows: sentences, or sentences x beams), B source sentences,
+H heads, T tokens decoded so far, S source length, d_k = d_model / H.
+
+Self-attention keys and values have a row per hypothesis and grow by one position a step.
+Cross-attention keys and values (the encoder output, projected once) have a row per source
+sentence: the N / B consecutive hypotheses of a sentence (its beams) read the same row, so
+beam search neither copies them per beam nor moves them when beams are reordered.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 
-@dataclass
-class LayerCache:
-    """One decoder layer's cached projections.
+class KVCache:
+    """One attention layer's keys and values kept between decoding steps: (rows, H, T, d_k).
 
-    self_k, self_v: (B, H, T, d_k), the self-attention keys/values of every decoded position;
-    cross_k, cross_v: (B, H, S, d_k), the encoder output projected once for cross-attention.
+    Self-attention `append`s each step's new positions; cross-attention `keep`s the encoder
+    output's keys and values once (`kept` then says so) and reads them at every later step.
     """
 
-    self_k: Tensor | None = None
-    self_v: Tensor | None = None
-    cross_k: Tensor | None = None
-    cross_v: Tensor | None = None
+    def __init__(self) -> None:
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+        self.kept = False
 
-    def append_self(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Append the new positions' keys/values (B, H, T_new, d_k); return all (B, H, T, d_k)."""
-        if self.self_k is not None:
-            k = torch.cat([self.self_k, k], dim=2)  # (B, H, T_cached + T_new, d_k)
-            v = torch.cat([self.self_v, v], dim=2)
-        self.self_k, self.self_v = k, v
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Self-attention: add the new positions (N, H, T_new, d_k); return all (N, H, T, d_k)."""
+        if self.kept:
+            raise ValueError("this cache holds cross-attention keys; self-attention cannot grow it")
+        if self.k is not None:
+            k = torch.cat([self.k, k], dim=2)  # (N, H, T_cached + T_new, d_k)
+            v = torch.cat([self.v, v], dim=2)
+        self.k, self.v = k, v
         return k, v
 
-    def set_cross(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Keep the cross-attention keys/values (B, H, S, d_k); return them as kept.
+    def keep(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention: keep the encoder output's keys/values (B, H, S, d_k) for every step.
 
-        They are stored contiguous: every decoding step multiplies by them, and a strided
-        view would be copied each time.
+        They are stored contiguous: every step multiplies by them, and a strided view would
+        be copied each time.
         """
-        self.cross_k, self.cross_v = k.contiguous(), v.contiguous()
-        return self.cross_k, self.cross_v
+        self.k, self.v, self.kept = k.contiguous(), v.contiguous(), True
+        return self.k, self.v
 
-    def reorder(self, indices: Tensor, cross_indices: Tensor | None) -> None:
-        """Keep self-attention rows `indices` (B',) and cross-attention rows `cross_indices`.
-
-        `cross_indices` None leaves the cross-attention keys/values as they are.
-        """
-        if self.self_k is not None:
-            self.self_k = self.self_k.index_select(0, indices)
-            self.self_v = self.self_v.index_select(0, indices)
-        if self.cross_k is not None and cross_indices is not None:
-            self.cross_k = self.cross_k.index_select(0, cross_indices)
-            self.cross_v = self.cross_v.index_select(0, cross_indices)
+    def select(self, rows: Tensor) -> None:
+        """Keep rows `rows` (R,), in that order."""
+        if self.k is not None:
+            self.k = self.k.index_select(0, rows)
+            self.v = self.v.index_select(0, rows)
 
 
 class DecoderCache:
-    """Every decoder layer's `LayerCache`; filled by `Transformer.decode(..., cache=...)`."""
+    """Every decoder layer's self- and cross-attention caches, and the source mask they need.
+
+    Filled by `Transformer.decode(..., cache=...)`: the first call keeps the source's keys,
+    values and padding mask; later calls read them from here. `reorder(indices)` is all a
+    search calls when it keeps, drops, reorders or copies hypotheses.
+    """
 
     def __init__(self, num_layers: int) -> None:
-        self.layers = [LayerCache() for _ in range(num_layers)]
+        self.self_attn = [KVCache() for _ in range(num_layers)]
+        self.cross_attn = [KVCache() for _ in range(num_layers)]
+        self.source_mask: Tensor | None = None  # (B, 1, 1, S), a row per source sentence
 
     @property
     def length(self) -> int:
         """How many target positions are cached (the position offset of the next token)."""
-        first = self.layers[0].self_k
+        first = self.self_attn[0].k
         return 0 if first is None else first.size(2)
 
+    @property
+    def holds_source(self) -> bool:
+        """Whether the cross-attention keys/values (and the source mask) are cached."""
+        return self.cross_attn[0].kept
+
+    def keep_source_mask(self, src_mask: Tensor | None) -> None:
+        """Remember the source padding mask (B, 1, 1, S) at the first step."""
+        self.source_mask = src_mask
+
     def reorder(self, indices: Tensor) -> None:
-        """Select and reorder batch rows (B',), e.g. the surviving beams after a search step."""
-        for layer in self.layers:
-            layer.reorder(indices, indices)
+        """Keep hypothesis rows `indices` (N',), in that order (beam search: each new beam's
+        parent row; rows may repeat, and sentences that are done are left out).
 
-    def reorder_beams(self, indices: Tensor, sentence_rows: Tensor | None = None) -> None:
-        """Reorder beams, whose cross-attention keys/values are kept once per sentence.
-
-        Self-attention rows follow `indices` (B',). The beams of a sentence share its encoder
-        output, so the cross-attention rows (one per sentence) move only when sentences leave
-        the batch: `sentence_rows` (B'',) then names the old row of each sentence kept.
+        The sources follow: when the kept rows still come in equal runs per source, in source
+        order (what beam and greedy search do), each source keeps one row of keys and values,
+        and sources no row reads any more are dropped; any other order gives each row its
+        own copy.
         """
-        for layer in self.layers:
-            layer.reorder(indices, sentence_rows)
+        rows = self.self_attn[0].k.size(0) if self.self_attn[0].k is not None else None
+        for layer in self.self_attn:
+            layer.select(indices)
+        if not self.holds_source or rows is None:
+            return
+        sources = self.cross_attn[0].k.size(0)  # (B,) rows of the source; each serves G rows
+        source_of_row = indices // (rows // sources)  # (N',) the source each kept row reads
+        kept, counts = torch.unique_consecutive(source_of_row, return_counts=True)
+        in_runs = bool((counts == counts[0]).all()) and bool((kept[1:] > kept[:-1]).all())
+        if in_runs and kept.numel() == sources:
+            return  # the same sources, in order: nothing moves
+        rows_to_keep = kept if in_runs else source_of_row
+        for layer in self.cross_attn:
+            layer.select(rows_to_keep)
+        if self.source_mask is not None and self.source_mask.size(0) == sources:
+            self.source_mask = self.source_mask.index_select(0, rows_to_keep)

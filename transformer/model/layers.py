@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer.model.attention import MultiHeadAttention
-from transformer.model.cache import LayerCache
+from transformer.model.cache import KVCache
+
+LayerCaches = tuple[KVCache, KVCache]  # a decoder layer's (self-attention, cross-attention) caches
 
 
 class Embeddings(nn.Module):
@@ -124,7 +126,7 @@ class AddNorm(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Self-attention over the source, then the feed-forward network, each with Add & Norm."""
+    """One encoder layer: self-attention, then the feed-forward network, each with Add & Norm."""
 
     def __init__(
         self,
@@ -142,14 +144,17 @@ class EncoderLayer(nn.Module):
         self.attn_sublayer = AddNorm(d_model, dropout, norm_position)
         self.ff_sublayer = AddNorm(d_model, dropout, norm_position)
 
-    def forward(self, x: Tensor, src_mask: Tensor | None) -> Tensor:
-        """(B, S, D) with mask (B, 1, 1, S) -> (B, S, D)."""
-        x = self.attn_sublayer(x, lambda h: self.self_attn(h, h, h, src_mask))
+    def forward(
+        self, x: Tensor, src_mask: Tensor | None, weights: list[Tensor] | None = None
+    ) -> Tensor:
+        """(B, S, D) with mask (B, 1, 1, S) -> (B, S, D); attention weights go to `weights`."""
+        x = self.attn_sublayer(x, lambda h: self.self_attn(h, h, src_mask, weights=weights))
         return self.ff_sublayer(x, self.feed_forward)
 
 
 class DecoderLayer(nn.Module):
-    """Causal self-attention, cross-attention over the encoder output, feed-forward."""
+    """One decoder layer: masked self-attention, cross-attention over the encoder output, then
+    the feed-forward network, each with Add & Norm."""
 
     def __init__(
         self,
@@ -169,51 +174,28 @@ class DecoderLayer(nn.Module):
         self.cross_attn_sublayer = AddNorm(d_model, dropout, norm_position)
         self.ff_sublayer = AddNorm(d_model, dropout, norm_position)
 
-    def self_attention(self, h: Tensor, mask: Tensor | None, cache: LayerCache | None) -> Tensor:
-        """Causal self-attention; with a cache, the new keys/values are appended to it."""
-        attn = self.self_attn
-        q, k, v = attn.project_self(h)  # (B, H, T_new, d_k) each
-        if cache is not None:
-            k, v = cache.append_self(k, v)  # (B, H, T_cached + T_new, d_k) each
-        return attn.attend(q, k, v, mask)[0]
-
-    def cross_attention(
-        self, h: Tensor, memory: Tensor, src_mask: Tensor | None, cache: LayerCache | None
-    ) -> Tensor:
-        """Attention from target positions to the encoder output; K, V computed once per cache.
-
-        The cache may hold K, V once per sentence for a batch of G rows per sentence (the
-        beams, sentence-major): each sentence's G x T queries then attend together, in one
-        matmul over one copy of its keys; `src_mask` may have a row per batch row or sentence.
-        """
-        attn = self.cross_attn
-        q = attn.project_query(h)  # (N, H, T, d_k)
-        if cache is not None and cache.cross_k is not None:
-            k, v = cache.cross_k, cache.cross_v  # (B, H, S, d_k), B divides N
-        else:
-            k, v = attn.project_key_value(memory, memory)  # (N, H, S, d_k) each
-            if cache is not None:
-                k, v = cache.set_cross(k, v)
-        N, H, T, d_k = q.shape
-        B = k.size(0)
-        if B == N:
-            return attn.attend(q, k, v, src_mask)[0]
-        G = N // B
-        q = q.view(B, G, H, T, d_k).transpose(1, 2).reshape(B, H, G * T, d_k)
-        if src_mask is not None and src_mask.size(0) == N:
-            src_mask = src_mask[::G]  # (B, 1, 1, S)
-        out = attn.attend(q, k, v, src_mask)[0]  # (B, G * T, D)
-        return out.reshape(N, T, -1)  # (N, T, D)
-
     def forward(
         self,
         x: Tensor,
-        memory: Tensor,
+        memory: Tensor | None,
         src_mask: Tensor | None,
         tgt_mask: Tensor | None,
-        cache: LayerCache | None = None,
+        cache: LayerCaches | None = None,
+        self_weights: list[Tensor] | None = None,
+        cross_weights: list[Tensor] | None = None,
     ) -> Tensor:
-        """(B, T, D), memory (B, S, D), src_mask (B, 1, 1, S), tgt_mask (T, T_all) -> (B, T, D)."""
-        x = self.self_attn_sublayer(x, lambda h: self.self_attention(h, tgt_mask, cache))
-        x = self.cross_attn_sublayer(x, lambda h: self.cross_attention(h, memory, src_mask, cache))
+        """(N, T, D) -> (N, T, D), attending to the encoder output `memory` (B, S, D).
+
+        `tgt_mask` (T, T_all) keeps each position from seeing later ones; `src_mask`
+        (B, 1, 1, S) hides source padding. `memory`'s rows may each serve N / B consecutive
+        rows of `x` (the beams of a sentence). `cache` is this layer's (self, cross) pair of
+        `KVCache`s for incremental decoding.
+        """
+        self_cache, cross_cache = cache if cache is not None else (None, None)
+        x = self.self_attn_sublayer(
+            x, lambda h: self.self_attn(h, h, tgt_mask, self_cache, self_weights)
+        )
+        x = self.cross_attn_sublayer(
+            x, lambda h: self.cross_attn(h, memory, src_mask, cross_cache, cross_weights)
+        )
         return self.ff_sublayer(x, self.feed_forward)

@@ -1,17 +1,19 @@
 """Encoder, Decoder and the encoder-decoder Transformer built from a `ModelConfig`.
 
-Shape legend: B batch, S source length, T target length, D d_model, V target vocabulary.
+Shape legend: B batch (source sentences), N decoder rows (B, or B x beams), S source length,
+T target length, D d_model, H heads, L layers, V target vocabulary.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from transformer.config import ModelConfig
-from transformer.model.attention import causal_mask, padding_mask
+from transformer.model.attention import MultiHeadAttention, causal_mask, padding_mask
 from transformer.model.cache import DecoderCache
 from transformer.model.layers import (
     DecoderLayer,
@@ -20,6 +22,7 @@ from transformer.model.layers import (
     LearnedPositionalEncoding,
     SinusoidalPositionalEncoding,
 )
+from transformer.special_ids import SpecialIds
 
 
 def make_positional_encoding(kind: str, d_model: int, max_positions: int) -> nn.Module:
@@ -57,11 +60,16 @@ class Encoder(nn.Module):
         )
         self.final_norm = nn.LayerNorm(d_model) if norm_position == "pre" else None
 
-    def forward(self, x: Tensor, src_mask: Tensor | None) -> Tensor:
-        """Embedded source (B, S, D), mask (B, 1, 1, S) -> memory (B, S, D)."""
+    def forward(
+        self, x: Tensor, src_mask: Tensor | None, weights: list[Tensor] | None = None
+    ) -> Tensor:
+        """Embedded source (B, S, D), mask (B, 1, 1, S) -> memory (B, S, D).
+
+        With a `weights` list, each layer's self-attention weights (B, H, S, S) are appended.
+        """
         x = self.dropout(self.positional(x))
         for layer in self.layers:
-            x = layer(x, src_mask)
+            x = layer(x, src_mask, weights)
         return x if self.final_norm is None else self.final_norm(x)
 
 
@@ -94,23 +102,49 @@ class Decoder(nn.Module):
     def forward(
         self,
         x: Tensor,
-        memory: Tensor,
+        memory: Tensor | None,
         src_mask: Tensor | None,
         cache: DecoderCache | None = None,
+        self_weights: list[Tensor] | None = None,
+        cross_weights: list[Tensor] | None = None,
     ) -> Tensor:
-        """Embedded target (B, T, D), memory (B, S, D) -> (B, T, D).
+        """Embedded target (N, T, D), memory (B, S, D) -> (N, T, D).
 
-        With a cache, `x` holds only the new positions; they are placed after the cached ones.
+        With a cache, `x` holds only the new positions; they are placed after the cached ones,
+        and the source (keys, values, mask) comes from the cache once it holds it. With
+        weight lists, each layer's self-attention (N, H, T, T_all) and cross-attention
+        (N, H, T, S) weights are appended to them.
         """
         offset = 0 if cache is None else cache.length
         T = x.size(1)
+        if cache is not None:
+            if cache.holds_source:
+                src_mask = cache.source_mask
+            else:
+                cache.keep_source_mask(src_mask)
         x = self.dropout(self.positional(x, offset))
         # One new position may attend every earlier one: no mask needed.
         tgt_mask = None if T == 1 else causal_mask(T, offset + T, x.device)  # (T, offset + T)
         for i, layer in enumerate(self.layers):
-            layer_cache = None if cache is None else cache.layers[i]
-            x = layer(x, memory, src_mask, tgt_mask, layer_cache)
+            caches = None if cache is None else (cache.self_attn[i], cache.cross_attn[i])
+            x = layer(x, memory, src_mask, tgt_mask, caches, self_weights, cross_weights)
         return x if self.final_norm is None else self.final_norm(x)
+
+
+@dataclass
+class AttentionMaps:
+    """Every attention weight of the model for one batch (the written-out formula's).
+
+    encoder_self (L_enc, B, H, S, S): source position i attending source position j;
+    decoder_self (L_dec, B, H, T, T): target position t attending the decoder inputs up to t
+        (zero above the diagonal);
+    cross (L_dec, B, H, T, S): target position t attending the source.
+    Each row sums to 1 over the keys it may attend (padding keys get 0).
+    """
+
+    encoder_self: Tensor
+    decoder_self: Tensor
+    cross: Tensor
 
 
 class Transformer(nn.Module):
@@ -146,13 +180,17 @@ class Transformer(nn.Module):
             c.norm_position,
             make_positional_encoding(c.positional_encoding, c.d_model, c.max_positions),
         )
-        self.output_proj = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
+        self.output_proj = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)  # W_out
         self.reset_parameters()
         if c.tie_output_embeddings:
             self.output_proj.weight = self.tgt_embed.embedding.weight
 
     def reset_parameters(self) -> None:
-        """Xavier-uniform matrices, zero biases, N(0, d_model^-0.5) embeddings (pad row zero)."""
+        """Xavier-uniform matrices, zero biases, N(0, d_model^-0.5) embeddings (pad row zero).
+
+        W^Q, W^K and W^V are each initialised as the D x D matrix they are, not as thirds of
+        the stacked (3D x D) `qkv_proj`.
+        """
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -163,6 +201,24 @@ class Transformer(nn.Module):
                 if module.padding_idx is not None:
                     with torch.no_grad():
                         module.weight[module.padding_idx].zero_()
+        for module in self.modules():
+            if isinstance(module, MultiHeadAttention):
+                for projection in module.qkv_proj.weight.data.chunk(3):  # (D, D) each
+                    nn.init.xavier_uniform_(projection)
+
+    @property
+    def special_ids(self) -> SpecialIds:
+        """Padding, beginning- and end-of-sentence ids."""
+        return SpecialIds(pad=self.config.pad_id)
+
+    @property
+    def max_target_positions(self) -> int | None:
+        """The most target positions the decoder can read (None: any number).
+
+        Learned positions stop at `max_positions`; sinusoidal ones go on for ever.
+        """
+        learned = self.config.positional_encoding == "learned"
+        return self.config.max_positions if learned else None
 
     def new_cache(self) -> DecoderCache:
         """An empty cache for incremental decoding with `decode`."""
@@ -173,7 +229,7 @@ class Transformer(nn.Module):
         return padding_mask(src, self.pad_id)
 
     def encode(self, src: Tensor, src_mask: Tensor | None = None) -> Tensor:
-        """Source ids (B, S) -> memory (B, S, D)."""
+        """Source ids (B, S) -> memory (B, S, D): the encoder's representation of the source."""
         _check_ids("source", src, self.config.src_vocab_size)
         if src_mask is None:
             src_mask = self.source_mask(src)
@@ -182,22 +238,32 @@ class Transformer(nn.Module):
     def decode(
         self,
         tgt: Tensor,
-        memory: Tensor,
+        memory: Tensor | None,
         src_mask: Tensor | None,
         cache: DecoderCache | None = None,
     ) -> Tensor:
-        """Target ids (B, T) and memory (B, S, D) -> next-token logits (B, T, V).
+        """Target ids (N, T) and memory (B, S, D) -> next-token logits (N, T, V).
 
-        With a cache, `tgt` holds only the positions not decoded yet (usually one).
+        Logit t scores every word as y_{t+1}: P(y_{t+1} | y_≤t, x) = softmax(h_t W_outᵀ), where
+        h_t (D,) is the decoder's output at position t and W_out (V, D) the output projection
+        (the target embedding matrix when tied). N may be a multiple of B: the N / B
+        consecutive rows of `tgt` after row b·N/B read source b (the beams of a sentence).
+
+        With a cache, `tgt` holds only the positions not decoded yet (usually one); the first
+        call keeps the source in the cache, and later calls do not read `memory` and
+        `src_mask` (they may be None).
         """
         _check_ids("target", tgt, self.config.tgt_vocab_size)
-        if tgt.size(0) != memory.size(0):
-            raise ValueError(
-                f"batch sizes differ: target has {tgt.size(0)} rows, encoder output "
-                f"{memory.size(0)}"
-            )
-        x = self.decoder(self.tgt_embed(tgt), memory, src_mask, cache)  # (B, T, D)
-        return self.output_proj(x)  # (B, T, V)
+        if cache is None or not cache.holds_source:
+            if memory is None:
+                raise ValueError("decode needs the encoder output (memory) at the first step")
+            if tgt.size(0) % memory.size(0):
+                raise ValueError(
+                    f"batch sizes differ: target has {tgt.size(0)} rows, encoder output "
+                    f"{memory.size(0)} (the target rows must be a multiple of the source rows)"
+                )
+        x = self.decoder(self.tgt_embed(tgt), memory, src_mask, cache)  # (N, T, D)
+        return self.output_proj(x)  # (N, T, V): h_t W_outᵀ
 
     def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
         """Teacher forcing: source (B, S) and shifted target (B, T) ids -> logits (B, T, V)."""
@@ -209,6 +275,24 @@ class Transformer(nn.Module):
         src_mask = self.source_mask(src)
         memory = self.encoder(self.src_embed(src), src_mask)  # encode(), ids checked above
         return self.decode(tgt, memory, src_mask)
+
+    def attention_maps(self, src: Tensor, tgt: Tensor) -> AttentionMaps:
+        """Every attention's weights when the model reads source (B, S) and target (B, T) ids.
+
+        `tgt` is the decoder's input, BOS first: a reference translation (teacher forcing) or
+        a search's output (the same weights the search computed step by step).
+        """
+        _check_ids("source", src, self.config.src_vocab_size)
+        _check_ids("target", tgt, self.config.tgt_vocab_size)
+        encoder_self: list[Tensor] = []
+        decoder_self: list[Tensor] = []
+        cross: list[Tensor] = []
+        src_mask = self.source_mask(src)
+        memory = self.encoder(self.src_embed(src), src_mask, encoder_self)
+        self.decoder(self.tgt_embed(tgt), memory, src_mask, None, decoder_self, cross)
+        return AttentionMaps(
+            torch.stack(encoder_self), torch.stack(decoder_self), torch.stack(cross)
+        )
 
     def num_parameters(self) -> int:
         """Trainable parameters, each tied tensor counted once."""
