@@ -12,10 +12,16 @@ from torch import Tensor, nn
 
 from transformer.config import ModelConfig
 from transformer.model import (
+    AddNorm,
+    DecoderLayer,
+    EncoderLayer,
     FeedForward,
     LearnedPositionalEncoding,
+    MultiHeadAttention,
     SinusoidalPositionalEncoding,
     Transformer,
+    causal_mask,
+    padding_mask,
 )
 
 PAD, BOS, EOS = 0, 2, 3
@@ -327,6 +333,107 @@ def test_gelu_model_differs_from_relu_model_with_the_same_weights() -> None:
     gelu.load_state_dict(relu.state_dict())
     src, tgt = padded_source(), random_ids(3, 4, seed=17)
     assert not torch.allclose(relu(src, tgt), gelu(src, tgt))
+
+
+# ------------------------------------------------------ layers against the paper's formulas
+
+
+def paper_attention(mha: MultiHeadAttention, query: Tensor, key_value: Tensor, mask) -> Tensor:
+    """MultiHead(Q, K, V) = Concat(head_1..head_h) W^O, one head at a time, from mha's weights."""
+    D, d_k = mha.d_model, mha.d_k
+    W, b = mha.qkv_proj.weight, mha.qkv_proj.bias
+    heads = []
+    for i in range(mha.num_heads):
+        rows = slice(i * d_k, (i + 1) * d_k)  # head i's columns of W^Q, W^K, W^V
+        q = query @ W[:D][rows].T + b[:D][rows]
+        k = key_value @ W[D : 2 * D][rows].T + b[D : 2 * D][rows]
+        v = key_value @ W[2 * D :][rows].T + b[2 * D :][rows]
+        scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)
+        if mask is not None:
+            scores = scores.masked_fill(~mask.reshape(mask.shape[0], *mask.shape[2:]), -math.inf)
+        heads.append(scores.softmax(-1) @ v)
+    return torch.cat(heads, dim=-1) @ mha.out_proj.weight.T + mha.out_proj.bias
+
+
+def paper_sublayer(add_norm: AddNorm, x: Tensor, sublayer) -> Tensor:
+    """Post-norm LayerNorm(x + Sublayer(x)), or pre-norm x + Sublayer(LayerNorm(x))."""
+    if add_norm.pre_norm:
+        return x + sublayer(add_norm.norm(x))
+    return add_norm.norm(x + sublayer(x))
+
+
+def paper_feed_forward(ff: FeedForward, x: Tensor) -> Tensor:
+    """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2, from ff's weights."""
+    hidden = torch.relu(x @ ff.linear1.weight.T + ff.linear1.bias)
+    return hidden @ ff.linear2.weight.T + ff.linear2.bias
+
+
+def randomise(module: nn.Module, seed: int) -> nn.Module:
+    """Every parameter random (LayerNorm gains and biases too), eval mode."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0.0, 0.3)
+    return module.eval()
+
+
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+@torch.no_grad()
+def test_encoder_layer_computes_the_papers_self_attention_and_feed_forward_sublayers(
+    norm_position: str,
+) -> None:
+    layer = randomise(EncoderLayer(16, 2, 32, 0.0, 0.0, "relu", norm_position), seed=1)
+    x = torch.randn(2, 5, 16)
+    mask = padding_mask(torch.tensor([[4, 5, 6, 7, 8], [4, 5, 0, 0, 0]]), PAD)
+    h = paper_sublayer(
+        layer.attn_sublayer, x, lambda y: paper_attention(layer.self_attn, y, y, mask)
+    )
+    expected = paper_sublayer(
+        layer.ff_sublayer, h, lambda y: paper_feed_forward(layer.feed_forward, y)
+    )
+    torch.testing.assert_close(layer(x, mask), expected, **TOL)
+
+
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+@torch.no_grad()
+def test_decoder_layer_computes_masked_self_attention_cross_attention_and_feed_forward(
+    norm_position: str,
+) -> None:
+    layer = randomise(DecoderLayer(16, 2, 32, 0.0, 0.0, "relu", norm_position), seed=2)
+    x, memory = torch.randn(2, 4, 16), torch.randn(2, 5, 16)
+    src_mask = padding_mask(torch.tensor([[4, 5, 6, 7, 8], [4, 5, 6, 0, 0]]), PAD)
+    tgt_mask = causal_mask(4, 4)[None, None]  # (1, 1, T, T)
+    h = paper_sublayer(
+        layer.self_attn_sublayer, x, lambda y: paper_attention(layer.self_attn, y, y, tgt_mask)
+    )
+    h = paper_sublayer(
+        layer.cross_attn_sublayer,
+        h,
+        lambda y: paper_attention(layer.cross_attn, y, memory, src_mask),
+    )
+    expected = paper_sublayer(
+        layer.ff_sublayer, h, lambda y: paper_feed_forward(layer.feed_forward, y)
+    )
+    torch.testing.assert_close(layer(x, memory, src_mask, causal_mask(4, 4)), expected, **TOL)
+
+
+@torch.no_grad()
+def test_embeddings_are_scaled_by_the_square_root_of_d_model() -> None:
+    model = tiny_model()  # d_model 32
+    ids = random_ids(2, 3, seed=30)
+    table = model.src_embed.embedding.weight
+    torch.testing.assert_close(model.src_embed(ids), table[ids] * math.sqrt(32), **TOL)
+
+
+@torch.no_grad()
+def test_the_output_distribution_is_the_softmax_of_the_decoder_output_times_w_out() -> None:
+    model = tiny_model(norm_position="pre")
+    src, tgt = padded_source(), random_ids(3, 4, seed=31)
+    src_mask = model.source_mask(src)
+    memory = model.encode(src, src_mask)
+    h = model.decoder(model.tgt_embed(tgt), memory, src_mask)  # (B, T, D)
+    expected = (h @ model.output_proj.weight.T).softmax(-1)  # softmax(h_t W_outᵀ)
+    torch.testing.assert_close(model(src, tgt).softmax(-1), expected, **TOL)
 
 
 # ----------------------------------------------------------------- size and weight tying
