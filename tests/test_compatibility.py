@@ -3,17 +3,18 @@
 `tests/data/run_before_fused_projections/` is a small run trained by the code of commit
 b739c3a, when attention kept W^Q, W^K and W^V as three separate layers (q_proj, k_proj,
 v_proj); its `expected_*.de` files are what that code's transformer-translate printed with
---scores. Today's stacked `qkv_proj` loads it by stacking the three as it loads.
+--scores (--beam-size 1 and 3). Today's stacked `qkv_proj` takes the three when it loads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from transformer.checkpoint import load_checkpoint
-from transformer.cli.translate import main
+from transformer.translator import Translator
 
 OLD_RUN = Path(__file__).parent / "data" / "run_before_fused_projections"
 
@@ -22,17 +23,16 @@ OLD_RUN = Path(__file__).parent / "data" / "run_before_fused_projections"
     ("beam_size", "expected"), [(1, "expected_greedy.de"), (3, "expected_beam3.de")]
 )
 def test_a_run_written_before_the_projections_were_stacked_translates_as_it_did(
-    beam_size: int, expected: str, capsys: pytest.CaptureFixture[str]
+    beam_size: int, expected: str
 ) -> None:
-    argv = ["--run", str(OLD_RUN), "--input", str(OLD_RUN / "input.en"), "--scores"]
-    assert main([*argv, "--beam-size", str(beam_size), "--workers", "1"]) == 0
-    printed = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    translator = Translator.from_run(OLD_RUN, device="cpu")
+    decoding = dataclasses.replace(translator.config.decoding, beam_size=beam_size)
+    lines = (OLD_RUN / "input.en").read_text(encoding="utf-8").splitlines()
+    now = [nbest[0] for nbest in translator.translate(lines, decoding)]
     then = [line.split("\t") for line in (OLD_RUN / expected).read_text("utf-8").splitlines()]
-    assert [text for text, _ in printed] == [text for text, _ in then]
+    assert [t.text for t in now] == [text for text, _ in then]
     # Scores to float error: another CPU may round the last printed digit differently.
-    assert [float(score) for _, score in printed] == pytest.approx(
-        [float(score) for _, score in then], abs=2e-3
-    )
+    assert [t.score for t in now] == pytest.approx([float(score) for _, score in then], abs=2e-3)
 
 
 def test_the_old_checkpoint_really_has_separate_projections() -> None:

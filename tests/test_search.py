@@ -300,6 +300,7 @@ def test_beam_finds_the_better_sequence_that_greedy_misses() -> None:
     expected = [([B], math.log(0.4 * 0.9)), ([A], math.log(0.5 * 0.4))]
     assert [h.tokens for h in beam] == [tokens for tokens, _ in expected]
     assert [h.score for h in beam] == pytest.approx([score for _, score in expected])
+    assert greedy.ended and all(h.ended for h in beam)
 
 
 def test_beam_results_are_exact_and_length_penalty_changes_the_winner() -> None:
@@ -346,11 +347,13 @@ def test_search_stops_at_the_maximum_length_with_unfinished_hypotheses() -> None
     ((greedy,),) = greedy_search(model, ONE_SENTENCE, 0.0, 2, min_length=5)
     assert greedy.tokens == [A, A]
     assert greedy.log_prob == pytest.approx(2 * math.log(0.25))  # no EOS: it never ended
+    assert not greedy.ended
     (beam,) = beam_search(model, ONE_SENTENCE, 2, 0.0, 2, nbest=2, min_length=5)
     assert as_pairs(beam[:1]) == [
         ([A, A], pytest.approx(2 * math.log(0.25) / gnmt_length_penalty(2, 0.6)))
     ]
     assert [len(h.tokens) for h in beam] == [2, 2]
+    assert not any(h.ended for h in beam)
 
 
 def test_scripted_batch_gives_each_sentence_its_own_exact_results() -> None:

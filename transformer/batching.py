@@ -5,9 +5,11 @@ Shapes: ``B`` batch (examples), ``S`` padded source length, ``T`` padded target 
 
 Data flows::
 
-    TokenBatchSampler            -> lists of example indices, at most batch_tokens each
+    token_batches(lengths)       -> lists of indices, sorted by length, at most batch_tokens each
+    TokenBatchSampler            -> the same for training: shuffled, sharded, epoch by epoch
     collate(examples)            -> Batch: src (B, S), tgt_in (B, T), tgt_out (B, T)
     collate_flat(flat id arrays) -> the same Batch, gathered without per-example arrays
+    pad(id sequences)            -> one right-padded (B, L) array (what translation batches need)
 """
 
 from __future__ import annotations
@@ -63,10 +65,34 @@ class Batch:
         )
 
 
+def token_batches(lengths: Sequence[int] | np.ndarray, batch_tokens: int) -> list[list[int]]:
+    """Indices of `lengths`, shortest first, cut into batches of at most `batch_tokens`.
+
+    A batch costs its size times its longest length (its padded size); each is filled as far
+    as the budget allows, and a sequence longer than the budget gets a batch of its own.
+    Sorting first keeps padding small.
+    """
+    costs = np.maximum(np.asarray(lengths, dtype=np.int64), 1)
+    order = np.argsort(costs, kind="stable")
+    return [batch.tolist() for batch in np.split(order, _cut_points(costs[order], batch_tokens))]
+
+
+def _cut_points(costs: np.ndarray, batch_tokens: int) -> list[int]:
+    """Ends of the greedy batches over ascending `costs` (all but the last)."""
+    cuts, start, count = [], 0, len(costs)
+    while start < count:
+        window = costs[start : start + max(1, batch_tokens // int(costs[start]))]
+        # size * cost is increasing along the sorted window, so the fits form a prefix.
+        fits = np.arange(1, len(window) + 1) * window <= batch_tokens
+        start += max(1, int(np.count_nonzero(fits)))
+        cuts.append(start)
+    return cuts[:-1]
+
+
 def collate(examples: Sequence[Example], pad_id: int = PAD_ID) -> Batch:
     """Pad encoded examples into a `Batch` (right padding; one numpy copy per side)."""
-    src = _pad([e.src for e in examples], pad_id)
-    tgt = _pad([e.tgt for e in examples], pad_id)
+    src = pad([e.src for e in examples], pad_id)
+    tgt = pad([e.tgt for e in examples], pad_id)
     return _make_batch(src, tgt, [e.index for e in examples], pad_id)
 
 
@@ -85,7 +111,8 @@ def collate_flat(
     return _make_batch(src, tgt, [int(i) for i in indices], pad_id)
 
 
-def _pad(sequences: list[np.ndarray], pad_id: int) -> np.ndarray:
+def pad(sequences: Sequence[np.ndarray | Sequence[int]], pad_id: int = PAD_ID) -> np.ndarray:
+    """Right-pad id sequences into one int64 array (B, L), L the longest length."""
     lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
     width = int(lengths.max()) if len(lengths) else 0
     padded = np.full((len(sequences), width), pad_id, dtype=np.int64)  # (B, L)
@@ -196,22 +223,11 @@ class TokenBatchSampler:
             order = np.lexsort((self._src_lengths, self._costs))  # stable: ties by index
         costs = self._costs[order]
         self._warn_once(costs)
-        batches = np.split(order, self._cut_points(costs))
+        batches = np.split(order, _cut_points(costs, self.batch_tokens))
         batches = _divisible(batches, self.world_size)
         if rng is not None:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return [batch.tolist() for batch in batches]
-
-    def _cut_points(self, costs: np.ndarray) -> list[int]:
-        """Ends of the greedy batches over ascending `costs` (all but the last)."""
-        cuts, start, count = [], 0, len(costs)
-        while start < count:
-            window = costs[start : start + max(1, self.batch_tokens // int(costs[start]))]
-            # size * cost is increasing along the sorted window, so the fits form a prefix.
-            fits = np.arange(1, len(window) + 1) * window <= self.batch_tokens
-            start += max(1, int(np.count_nonzero(fits)))
-            cuts.append(start)
-        return cuts[:-1]
 
     def _warn_once(self, costs: np.ndarray) -> None:
         over = int(np.count_nonzero(costs > self.batch_tokens))

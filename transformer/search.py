@@ -97,11 +97,16 @@ class Seq2SeqModel(Protocol):
 
 @dataclass
 class Hypothesis:
-    """One output sentence: tokens without BOS/EOS, its length-penalised score and log-prob."""
+    """One output sentence: tokens without BOS/EOS, its length-penalised score and log-prob.
+
+    `ended` says whether it ended with EOS (counted in its log-prob), rather than being cut
+    at the maximum length.
+    """
 
     tokens: list[int]
     score: float
     log_prob: float
+    ended: bool = True
 
 
 def gnmt_length_penalty(length: int, alpha: float) -> float:
@@ -215,7 +220,8 @@ def greedy_search(
         ):
             if math.isnan(lp):
                 raise NonFiniteScoreError()
-            results[active[i]] = Hypothesis(_strip_eos(hyp_ids, ids.eos), lp, lp)
+            stripped = _strip_eos(hyp_ids, ids.eos)
+            results[active[i]] = Hypothesis(stripped, lp, lp, ended=len(stripped) < len(hyp_ids))
         keep = [i for i, d in enumerate(done) if not d]
         active = [active[i] for i in keep]
         if not active:
@@ -275,12 +281,12 @@ class _Finished:
         self.beam_size = beam_size
         self.hypotheses: list[Hypothesis] = []
 
-    def add(self, tokens: list[int], log_prob: float, length: int, alpha: float) -> None:
-        """Keep a hypothesis of `length` predicted tokens if it is among the best so far."""
-        score = log_prob / gnmt_length_penalty(length, alpha)
+    def add(self, tokens: list[int], log_prob: float, ended: bool, alpha: float) -> None:
+        """Keep a hypothesis if it is among the best so far (lp counts its EOS if it ended)."""
+        score = log_prob / gnmt_length_penalty(len(tokens) + ended, alpha)
         if self.full and score <= self.worst:
             return
-        self.hypotheses.append(Hypothesis(tokens, score, log_prob))
+        self.hypotheses.append(Hypothesis(tokens, score, log_prob, ended))
         self.hypotheses.sort(key=lambda h: h.score, reverse=True)
         del self.hypotheses[self.beam_size :]
 
@@ -307,7 +313,7 @@ def _finish_eos_candidates(
         result.eos_log_prob[hits[:, 0], hits[:, 1]].tolist(),
         strict=True,
     ):
-        finished[i].add(ids, log_prob, len(ids) + 1, alpha)
+        finished[i].add(ids, log_prob, True, alpha)
 
 
 def _finish_live(
@@ -325,7 +331,7 @@ def _finish_live(
     ):
         for hypothesis, log_prob in zip(ids_k, log_prob_k, strict=True):
             if log_prob > -math.inf:
-                sentence.add(hypothesis, log_prob, len(hypothesis), alpha)
+                sentence.add(hypothesis, log_prob, False, alpha)
 
 
 @torch.inference_mode()

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from transformer.batching import pad, token_batches
 from transformer.checkpoint import (
     CONFIG_FILE,
     TOKENIZER_DIR,
@@ -27,7 +28,7 @@ from transformer.config import Config, DecodingConfig, ModelConfig, load_config
 from transformer.device import resolve_device
 from transformer.model import Transformer
 from transformer.search import Hypothesis, search
-from transformer.tokenizer import EOS_ID, PAD_ID, TokenizerPair, load_tokenizers
+from transformer.tokenizer import EOS_ID, TokenizerPair, load_tokenizers
 
 logger = logging.getLogger(__name__)
 
@@ -129,23 +130,16 @@ class Translator:
         results = [[EMPTY_TRANSLATION] for _ in lines]
         indices = [i for i, line in enumerate(lines) if line.strip()]
         encoded = self.tokenizers.src.encode_batch([lines[i] for i in indices])
-        sources: list[tuple[int, list[int]]] = []
-        for i, ids in zip(indices, encoded, strict=True):
-            if not ids:
-                continue
-            if len(ids) > self.max_source_tokens:
-                logger.warning(
-                    "line %d: %d tokens, more than the model's limit of %d; "
-                    "translating only the first %d",
-                    first_line + i,
-                    len(ids),
-                    self.max_source_tokens,
-                    self.max_source_tokens,
-                )
-                ids = ids[: self.max_source_tokens]
-            sources.append((i, [*ids, EOS_ID]))
-        batches = token_batches(sources, decoding.batch_tokens)
-        srcs = [_pad([ids for _, ids in batch]).to(self.device) for batch in batches]  # (B, S)
+        sources = [
+            (i, self._with_eos(ids, first_line + i))
+            for i, ids in zip(indices, encoded, strict=True)
+            if ids
+        ]
+        cuts = token_batches([len(ids) for _, ids in sources], decoding.batch_tokens)
+        batches = [[sources[j] for j in batch] for batch in reversed(cuts)]  # longest first
+        srcs = [
+            torch.from_numpy(pad([ids for _, ids in batch])).to(self.device) for batch in batches
+        ]
         for batch, hypotheses in zip(batches, self._search_all(srcs, decoding), strict=True):
             for (i, _), nbest in zip(batch, hypotheses, strict=True):
                 results[i] = [
@@ -157,6 +151,26 @@ class Translator:
                     for h in nbest
                 ]
         return results
+
+    def source_ids(self, line: str, line_number: int = 1) -> list[int]:
+        """The ids the encoder reads for `line`: its pieces (cut to the model's limit, with a
+        warning naming the line), then EOS; empty for a line without pieces."""
+        ids = self.tokenizers.src.encode(line)
+        return self._with_eos(ids, line_number) if ids else []
+
+    def _with_eos(self, ids: list[int], line_number: int) -> list[int]:
+        """`ids` cut to `max_source_tokens` (with a warning), then EOS."""
+        if len(ids) > self.max_source_tokens:
+            logger.warning(
+                "line %d: %d tokens, more than the model's limit of %d; "
+                "translating only the first %d",
+                line_number,
+                len(ids),
+                self.max_source_tokens,
+                self.max_source_tokens,
+            )
+            ids = ids[: self.max_source_tokens]
+        return [*ids, EOS_ID]
 
     def _search_all(
         self, srcs: list[Tensor], decoding: DecodingConfig
@@ -186,36 +200,6 @@ def read_run_config(run_dir: str | Path) -> Config:
             "pass the directory transformer-train wrote"
         )
     return load_config(config_path)
-
-
-def token_batches(
-    sources: list[tuple[int, list[int]]], batch_tokens: int
-) -> list[list[tuple[int, list[int]]]]:
-    """Group (index, ids) pairs, longest first, so each batch's padded size B·S ≤ batch_tokens.
-
-    A single sentence longer than the budget still gets a batch of its own.
-    """
-    ordered = sorted(sources, key=lambda item: len(item[1]), reverse=True)
-    batches: list[list[tuple[int, list[int]]]] = []
-    current: list[tuple[int, list[int]]] = []
-    for item in ordered:
-        longest = len(current[0][1]) if current else len(item[1])
-        if current and (len(current) + 1) * longest > batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(item)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def _pad(sequences: list[list[int]]) -> Tensor:
-    """Right-pad id lists into one (B, S) int64 tensor."""
-    width = max(len(ids) for ids in sequences)
-    batch = torch.full((len(sequences), width), PAD_ID, dtype=torch.long)  # (B, S)
-    for row, ids in enumerate(sequences):
-        batch[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-    return batch
 
 
 def _model_config_for(config: Config, tokenizers: TokenizerPair, config_path: Path) -> ModelConfig:

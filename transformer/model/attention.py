@@ -42,6 +42,12 @@ def causal_mask(query_len: int, key_len: int, device: torch.device | None = None
     return torch.ones(query_len, key_len, dtype=torch.bool, device=device).tril(diagonal=offset)
 
 
+def attention_scores(q: Tensor, k: Tensor) -> Tensor:
+    """Q Kᵀ / √d_k, how well each query matches each key: (B, H, Tq, d_k), (B, H, Tk, d_k) ->
+    (B, H, Tq, Tk). Dividing by √d_k keeps the scores' spread from growing with d_k."""
+    return q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+
+
 def scaled_dot_product_attention(
     q: Tensor,
     k: Tensor,
@@ -56,8 +62,7 @@ def scaled_dot_product_attention(
     Masked scores get the most negative finite value before the softmax and zero weight after
     it, so a row with every key masked gives a zero output rather than NaN (as the fused path).
     """
-    d_k = q.size(-1)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)  # (B, H, Tq, Tk)
+    scores = attention_scores(q, k)  # (B, H, Tq, Tk)
     if mask is not None:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     weights = scores.softmax(dim=-1)  # (B, H, Tq, Tk), each row sums to 1 over allowed keys
@@ -196,33 +201,45 @@ class MultiHeadAttention(nn.Module):
         afterwards (`key_value` is then not read and may be None).
         With a `weights` list, the attention weights (B, H, Tq, Tk) are appended to it.
         """
-        B, Tq, D = query.shape
-        if query is key_value:  # self-attention: Q, K, V = x W^Q, x W^K, x W^V in one matmul
-            q, k, v = self.qkv_proj(query).chunk(3, dim=-1)  # (B, Tq, D) each
-            k, v = self.split_heads(k), self.split_heads(v)  # (B, H, Tq, d_k)
-            if cache is not None:
-                k, v = cache.append(k, v)  # (B, H, T_cached + Tq, d_k)
-        else:  # cross-attention: queries from `query`, keys and values from `key_value`
-            w_q, w_kv = self.qkv_proj.weight.split([D, 2 * D])  # (D, D), (2D, D)
-            b_q, b_kv = self.qkv_proj.bias.split([D, 2 * D])
-            q = F.linear(query, w_q, b_q)  # (B, Tq, D)
-            if cache is not None and cache.kept:
-                k, v = cache.k, cache.v  # (B_kv, H, Tk, d_k), projected at the first step
-            else:
-                if key_value is None:
-                    raise ValueError("cross-attention needs key_value until its cache holds it")
-                k, v = F.linear(key_value, w_kv, b_kv).chunk(2, dim=-1)  # (B_kv, Tk, D) each
-                k, v = self.split_heads(k), self.split_heads(v)  # (B_kv, H, Tk, d_k)
-                if cache is not None:
-                    k, v = cache.keep(k, v)
-        q = self.split_heads(q)  # (B, H, Tq, d_k)
+        q, k, v = self.project(query, key_value, cache)  # (B, H, Tq, d_k), (B_kv, H, Tk, d_k)
         heads, head_weights = attention(
             q, k, v, mask, self.dropout, self.training, need_weights=weights is not None
-        )  # (B, H, Tq, d_k), (B, H, Tq, Tk) or None
+        )  # head_i for every i: (B, H, Tq, d_k); weights (B, H, Tq, Tk) or None
         if weights is not None:
             weights.append(head_weights)
-        concat = heads.transpose(1, 2).reshape(B, Tq, D)  # Concat(head_1, ..., head_h)
-        return self.out_proj(concat)  # (B, Tq, D)
+        return self.out_proj(self.merge_heads(heads))  # Concat(head_1, ..., head_h) W^O
+
+    def project(
+        self, query: Tensor, key_value: Tensor | None, cache: KVCache | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Q W^Q, K W^K, V W^V split into heads: (B, H, Tq, d_k) and two (B_kv, H, Tk, d_k).
+
+        Self-attention (`query is key_value`) projects once through the stacked weights and
+        appends the new keys/values to the cache; cross-attention projects the queries with
+        W^Q and the encoder output with W^K, W^V, once: later steps take them from the cache.
+        """
+        D = self.d_model
+        if query is key_value:  # self-attention: Q, K, V = x W^Q, x W^K, x W^V in one matmul
+            q, k, v = (self.split_heads(t) for t in self.qkv_proj(query).chunk(3, dim=-1))
+            if cache is not None:
+                k, v = cache.append(k, v)  # (B, H, T_cached + Tq, d_k)
+            return q, k, v
+        w_q, w_kv = self.qkv_proj.weight.split([D, 2 * D])  # W^Qᵀ (D, D); W^Kᵀ, W^Vᵀ (2D, D)
+        b_q, b_kv = self.qkv_proj.bias.split([D, 2 * D])
+        q = self.split_heads(F.linear(query, w_q, b_q))  # (B, H, Tq, d_k)
+        if cache is not None and cache.kept:
+            return q, cache.k, cache.v  # (B_kv, H, Tk, d_k): projected at the first step
+        if key_value is None:
+            raise ValueError("cross-attention needs key_value until its cache holds it")
+        k, v = (self.split_heads(t) for t in F.linear(key_value, w_kv, b_kv).chunk(2, dim=-1))
+        if cache is not None:
+            k, v = cache.keep(k, v)
+        return q, k, v
+
+    def merge_heads(self, heads: Tensor) -> Tensor:
+        """Concat(head_1, ..., head_h): (B, H, T, d_k) -> (B, T, D), the inverse of split_heads."""
+        B, _, T, _ = heads.shape
+        return heads.transpose(1, 2).reshape(B, T, self.d_model)
 
 
 def _fuse_separate_projections(
