@@ -9,6 +9,7 @@ COMMANDS = {
     "transformer-translate": "translate text with a trained run directory",
     "transformer-evaluate": "translate a test set and score it with sacreBLEU (BLEU, chrF)",
     "transformer-average": "average the parameters of several checkpoints",
+    "transformer-explain": "follow a sentence through a trained model: shapes and attention",
 }
 
 

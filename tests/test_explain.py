@@ -1,0 +1,183 @@
+"""`transformer-explain` and `explain`: the trace, attention.json and the heatmaps."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_runs import make_tiny_run
+
+from transformer.attention_plots import MissingExtraError, figure_class
+from transformer.cli.explain import format_trace, main, write_explanation
+from transformer.explain import Explanation, explain, slug
+from transformer.translator import Translator
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def keep_logging() -> Iterator[None]:
+    """The command sets up logging for itself; give the other tests theirs back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_run(tmp_path_factory.mktemp("explain") / "run")  # 1+2 layers, 2 heads
+
+
+@pytest.fixture(scope="module")
+def explanation(run_dir: Path) -> Explanation:
+    translator = Translator.from_run(run_dir, device="cpu")
+    return explain(translator, "how are you")
+
+
+def test_the_trace_names_every_stage_of_the_model_with_its_shape(
+    explanation: Explanation,
+) -> None:
+    S, D, H, d_k, V = len(explanation.source_pieces), 32, 2, 16, 64
+    shapes = {stage.name: stage.shape for stage in explanation.stages}
+    assert shapes["ids"] == (1, S)
+    assert shapes["embeddings × √d_model"] == (1, S, D)
+    assert shapes["+ positional encoding"] == (1, S, D)
+    assert shapes["self-attention: Q, K, V = x W^Q, x W^K, x W^V in 2 heads"] == (
+        1,
+        H,
+        S,
+        d_k,
+    )
+    assert shapes["scores = Q Kᵀ / √d_k"] == (1, H, S, S)
+    assert shapes["Concat(head_1, ..., head_h)"] == (1, S, D)
+    assert shapes["· W^O"] == (1, S, D)
+    assert shapes["Add & Norm"] == (1, S, D)
+    assert shapes["feed-forward: max(0, x W_1 + b_1)"] == (1, S, 64)
+    assert shapes["memory: the encoder output, read by every decoder layer"] == (1, S, D)
+    assert shapes["logits = h W_outᵀ"] == (1, V)
+    names = [stage.name for stage in explanation.stages]
+    T = len(explanation.target_pieces)
+    assert [n for n in names if n.startswith("step ")][0] == "step 1: reads <s>"
+    assert sum(n.startswith("step ") for n in names) == T
+    assert sum(n == "layer 2 cross-attention" for n in names) == T  # every step, every layer
+    assert sum(n.startswith("chosen: ") for n in names) == T
+
+
+def test_the_trace_text_has_one_line_per_stage(explanation: Explanation) -> None:
+    text = format_trace(explanation)
+    assert text.startswith("'how are you' -> ")
+    assert len(text.splitlines()) == len(explanation.stages) + 2
+    S = len(explanation.source_pieces)
+    assert f"(1, 2, {S}, 16)" in text  # Q: (1, H, S, d_k)
+
+
+def test_the_json_has_the_pieces_and_one_map_per_layer_and_head(explanation: Explanation) -> None:
+    data = json.loads(json.dumps(explanation.to_json()))
+    S, T = len(data["source_pieces"]), len(data["target_pieces"])
+    assert data["source_pieces"][-1] == "</s>"
+    assert data["decoder_input_pieces"][0] == "<s>" and len(data["decoder_input_pieces"]) == T
+    expected = {"encoder_self": (1, 2, S, S), "decoder_self": (2, 2, T, T), "cross": (2, 2, T, S)}
+    for key, shape in expected.items():
+        weights = torch.tensor(data[key])
+        assert weights.shape == shape
+        torch.testing.assert_close(weights.sum(-1), torch.ones(shape[:-1]), atol=1e-3, rtol=0)
+    assert (torch.tensor(data["decoder_self"]).triu(diagonal=1) == 0).all()
+
+
+def test_the_json_translation_is_what_the_translator_gives(
+    run_dir: Path, explanation: Explanation
+) -> None:
+    translator = Translator.from_run(run_dir, device="cpu")
+    (best,) = translator.translate(["how are you"])
+    assert explanation.translation == best[0].text
+    assert explanation.score == pytest.approx(best[0].score)
+
+
+def test_without_matplotlib_the_json_is_written_and_the_pngs_are_skipped_with_a_note(
+    explanation: Explanation,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if absent
+    with pytest.raises(MissingExtraError, match=r"transformer\[plot\]"):
+        figure_class()
+    written = write_explanation(explanation, tmp_path / "out")
+    assert [path.name for path in written] == ["attention.json"]
+    assert "pip install 'transformer[plot]'" in capsys.readouterr().err
+    assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_the_heatmaps_are_png_files_one_per_attention_and_layer(
+    explanation: Explanation, tmp_path: Path
+) -> None:
+    pytest.importorskip("matplotlib")
+    written = write_explanation(explanation, tmp_path)
+    pngs = sorted(path.name for path in written if path.suffix == ".png")
+    assert pngs == [
+        "cross_attention_layer1.png",
+        "cross_attention_layer2.png",
+        "decoder_self_attention_layer1.png",
+        "decoder_self_attention_layer2.png",
+        "encoder_self_attention_layer1.png",
+    ]
+    for name in pngs:
+        data = (tmp_path / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000
+
+
+def test_slugs_are_short_safe_file_names() -> None:
+    assert slug("How are you?") == "how-are-you"
+    assert slug("Wie geht's dir, Jürgen?") == "wie-geht-s-dir-jürgen"
+    assert slug("?!") == "sentence"
+    assert len(slug("word " * 30)) <= 40
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "transformer.cli.explain", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=120)
+
+
+def test_the_command_prints_the_trace_and_writes_into_the_run(run_dir: Path) -> None:
+    result = run_cli("--run", str(run_dir), "--text", "how are you", "--beam-size", "1")
+    assert result.returncode == 0, result.stderr
+    assert "embeddings × √d_model" in result.stdout
+    assert "chosen: " in result.stdout
+    written = run_dir / "explain" / "how-are-you" / "attention.json"
+    assert json.loads(written.read_text(encoding="utf-8"))["source"] == "how are you"
+    assert f"wrote {written}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--text", "   "], "--text is empty"),
+        (["--text", "hi", "--beam-size", "0"], "--beam-size must be >= 1"),
+        (["--text", "hi", "--output", "{file}"], "is a file"),
+        (["--text", "hi", "--checkpoint", "missing.pt"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_exit_code_2(
+    run_dir: Path,
+    tmp_path: Path,
+    args: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    keep_logging: None,
+) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me\n")
+    args = [arg.replace("{file}", str(a_file)) for arg in args]
+    assert main(["--run", str(run_dir), *args]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if " INFO " not in line]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0]
+    assert a_file.read_text() == "keep me\n"

@@ -1,0 +1,134 @@
+"""`transformer-explain`: follow one sentence through a trained model, and draw its attention.
+
+Examples::
+
+    transformer-explain --run runs/toy --text "how are you"
+    transformer-explain --run runs/toy --text "how are you" --beam-size 1 --output how/
+
+Prints the sentence's path through the model, stage by stage, with this sentence's shapes;
+writes `attention.json` (the pieces and every attention weight, nested [layer][head][query]
+[key]) and PNG heatmaps (with the `plot` extra) into --output (default RUN/explain/<text>/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+from transformer.attention_plots import MissingExtraError, write_attention_figures
+from transformer.checkpoint import atomic_write_bytes
+from transformer.cli.common import run_command, setup_logging
+from transformer.cli.translate import DTYPES
+from transformer.errors import UserError
+from transformer.explain import Explanation, Stage, explain, slug
+from transformer.translator import Translator
+
+logger = logging.getLogger("transformer.cli.explain")
+
+EXPLAIN_DIR = "explain"
+JSON_FILE = "attention.json"
+_NAME_WIDTH = 62
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options of transformer-explain."""
+    parser = argparse.ArgumentParser(
+        prog="transformer-explain",
+        description="Follow a sentence through a trained model: every stage with its shapes, "
+        "every attention as JSON and as heatmaps.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--run", required=True, type=Path, help="the run directory")
+    parser.add_argument("--text", required=True, help="the sentence to translate and explain")
+    parser.add_argument(
+        "--output", type=Path, help=f"where to write (default: RUN/{EXPLAIN_DIR}/<text>/)"
+    )
+    parser.add_argument(
+        "--checkpoint", default="best", help="best, last, averaged, or a path (default: best)"
+    )
+    parser.add_argument(
+        "--beam-size", type=int, metavar="N", help="1 = greedy (default: from the run's config)"
+    )
+    parser.add_argument("--length-penalty", type=float, metavar="A", help="GNMT alpha")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--quiet", action="store_true", help="write the files, print no trace")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def format_trace(explanation: Explanation) -> str:
+    """The trace as aligned lines: stage, shape, note."""
+    lines = [
+        f"{explanation.source!r} -> {explanation.translation!r} (score {explanation.score:.4f})",
+        "",
+    ]
+    for stage in explanation.stages:
+        lines.append(_format_stage(stage))
+    return "\n".join(lines) + "\n"
+
+
+def _format_stage(stage: Stage) -> str:
+    name = "  " * stage.depth + stage.name
+    if stage.shape is None and not stage.note:
+        return name
+    shape = "" if stage.shape is None else str(stage.shape)
+    return f"{name:<{_NAME_WIDTH}} {shape:<18} {stage.note}".rstrip()
+
+
+def write_explanation(explanation: Explanation, directory: Path) -> list[Path]:
+    """attention.json, then the PNGs when matplotlib is there; returns the paths written."""
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"--output {directory} is a file; give a directory")
+    data = json.dumps(explanation.to_json(), ensure_ascii=False).encode("utf-8")
+    try:
+        atomic_write_bytes(directory / JSON_FILE, lambda handle: handle.write(data))
+    except OSError as error:
+        raise UserError(f"cannot write {directory / JSON_FILE}: {error.strerror}") from None
+    written = [directory / JSON_FILE]
+    try:
+        written += write_attention_figures(explanation, directory)
+    except MissingExtraError as error:
+        sys.stderr.write(f"note: no PNG heatmaps: {error}\n")
+    except OSError as error:
+        raise UserError(f"cannot write the heatmaps into {directory}: {error.strerror}") from None
+    return written
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if args.beam_size is not None and args.beam_size < 1:
+        raise UserError(f"--beam-size must be >= 1 (got {args.beam_size})")
+    if args.length_penalty is not None and args.length_penalty < 0:
+        raise UserError(f"--length-penalty must be >= 0 (got {args.length_penalty})")
+    if not args.text.strip():
+        raise UserError('--text is empty: give a sentence to explain, e.g. --text "how are you"')
+    output = args.output or args.run / EXPLAIN_DIR / slug(args.text)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output} is a file; give a directory")
+    translator = Translator.from_run(args.run, args.checkpoint, args.device, DTYPES[args.dtype])
+    changes = {"beam_size": args.beam_size, "length_penalty": args.length_penalty, "nbest": 1}
+    decoding = dataclasses.replace(
+        translator.config.decoding, **{k: v for k, v in changes.items() if v is not None}
+    )
+    explanation = explain(translator, args.text, decoding)
+    if not args.quiet:
+        sys.stdout.write(format_trace(explanation))
+    written = write_explanation(explanation, output)
+    pngs = len(written) - 1
+    sys.stderr.write(f"wrote {written[0]}" + (f" and {pngs} heatmaps" if pngs else "") + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of transformer-explain; returns the exit code."""
+    return run_command(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
