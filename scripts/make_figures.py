@@ -1,0 +1,163 @@
+"""Draw the pictures of docs/walkthrough.md: from the formulas, and from a trained run.
+
+From the code that computes them (so a picture cannot disagree with the model):
+  positional_encoding.png   the sinusoidal positional encoding, positions x dimensions
+  masks.png                 the padding mask and the causal mask, True = may attend
+  learning_rate.png         the paper's (Noam) learning-rate schedule for three warm-ups
+  label_smoothing.png       the target distribution with and without label smoothing
+From a trained run (--run, default runs/toy), for --text (default "how are you"):
+  cross_attention.png, decoder_self_attention.png, encoder_self_attention.png
+                            the last layer's attention, head average and each head
+
+    python scripts/make_figures.py                         # -> docs/figures/
+    python scripts/make_figures.py --run runs/m30k --text "a dog runs" --output /tmp/figs
+
+Needs matplotlib, an optional extra: pip install -e '.[plot]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from transformer.attention_plots import attention_figure, figure_class, heatmap, png_bytes
+from transformer.checkpoint import atomic_write_bytes
+from transformer.cli.common import run_command, setup_logging
+from transformer.explain import explain
+from transformer.model.attention import causal_mask, padding_mask
+from transformer.model.layers import sinusoidal_table
+from transformer.schedule import noam_lr
+from transformer.training import label_smoothed_loss
+from transformer.translator import Translator
+
+REPO = Path(__file__).resolve().parents[1]
+logger = logging.getLogger("make_figures")
+
+
+def positional_encoding(d_model: int = 128, positions: int = 64) -> bytes:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...), as the model adds it."""
+    table = sinusoidal_table(torch.arange(positions), d_model)  # (positions, D)
+    figure = figure_class()(figsize=(8, 4.5), layout="constrained")
+    ax = figure.add_subplot()
+    image = ax.imshow(table.numpy(), cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+    ax.set_xlabel("dimension (even: sin, odd: cos; the wavelength grows to the right)")
+    ax.set_ylabel("position")
+    ax.set_title(f"sinusoidal positional encoding, d_model = {d_model}")
+    figure.colorbar(image, ax=ax)
+    return png_bytes(figure)
+
+
+def masks() -> bytes:
+    """A padding mask (B=2 sentences, one padded) and a causal mask, as the model builds them."""
+    ids = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]])
+    padding = padding_mask(ids, pad_id=0)[:, 0, 0]  # (B, S)
+    causal = causal_mask(5, 5)  # (T, T)
+    figure = figure_class()(figsize=(9, 3.6), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    labels = ["x1", "x2", "x3", "x4", "x5"]
+    heatmap(left, padding.float(), ["sentence 1", "sentence 2"], labels,
+            "padding mask (B, 1, 1, S): keys that are words", annotate=True)  # fmt: skip
+    heatmap(right, causal.float(), [f"y{t}" for t in range(5)], [f"y{t}" for t in range(5)],
+            "causal mask (T, T): query t sees keys ≤ t", annotate=True)  # fmt: skip
+    right.set_ylabel("query")
+    right.set_xlabel("key")
+    return png_bytes(figure)
+
+
+def learning_rate(d_model: int = 512, steps: int = 20_000) -> bytes:
+    """lr = d_model^-0.5 · min(step^-0.5, step · warmup^-1.5) for three warm-ups."""
+    figure = figure_class()(figsize=(7, 4), layout="constrained")
+    ax = figure.add_subplot()
+    xs = list(range(1, steps + 1, 20))
+    for warmup in (1000, 4000, 8000):
+        ax.plot(xs, [noam_lr(s, d_model, warmup) for s in xs], label=f"warmup {warmup}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"the paper's schedule (noam), d_model = {d_model}")
+    ax.legend()
+    return png_bytes(figure)
+
+
+def label_smoothing(vocab: int = 12, target: int = 4, epsilon: float = 0.1) -> bytes:
+    """(1 - ε)·one-hot + ε/V: what label-smoothed cross-entropy asks the model to predict."""
+    one_hot = F.one_hot(torch.tensor(target), vocab).float()
+    smoothed = (1 - epsilon) * one_hot + epsilon / vocab
+    # The training loss is cross-entropy against exactly this distribution.
+    logits = torch.randn(1, 1, vocab)
+    expected = -(smoothed * logits.log_softmax(-1)[0, 0]).sum()
+    loss = label_smoothed_loss(logits, torch.tensor([[target]]), epsilon, pad_id=-100)
+    assert torch.allclose(loss, expected, atol=1e-5), "the picture must match the training loss"
+    figure = figure_class()(figsize=(7, 3.5), layout="constrained")
+    ax = figure.add_subplot()
+    xs = torch.arange(vocab).numpy()
+    ax.bar(xs - 0.2, one_hot.numpy(), width=0.4, label="one-hot target")
+    ax.bar(xs + 0.2, smoothed.numpy(), width=0.4, label=f"label-smoothed, ε = {epsilon}")
+    ax.set_xticks(xs, labels=[f"w{i}" for i in xs])
+    ax.set_xlabel(f"vocabulary (V = {vocab}); the reference word is w{target}")
+    ax.set_ylabel("target probability")
+    ax.legend()
+    return png_bytes(figure)
+
+
+def attention_pictures(run: Path, text: str) -> dict[str, bytes]:
+    """The last layer's three attentions for `text`, from the trained run."""
+    translator = Translator.from_run(run, device="cpu")
+    explanation = explain(translator, text)
+    maps = explanation.maps
+    inputs, produced = explanation.decoder_input_pieces, explanation.target_pieces
+    source = explanation.source_pieces
+    title = f"{explanation.source!r} → {explanation.translation!r}"
+    return {
+        "cross_attention.png": attention_figure(
+            maps.cross[-1, 0], produced, source, f"cross-attention, last layer: {title}",
+            ("piece produced", "source piece"),
+        ),
+        "decoder_self_attention.png": attention_figure(
+            maps.decoder_self[-1, 0], inputs, inputs, "masked decoder self-attention, last layer",
+            ("decoder input", "earlier decoder input"),
+        ),
+        "encoder_self_attention.png": attention_figure(
+            maps.encoder_self[-1, 0], source, source, "encoder self-attention, last layer",
+            ("source piece", "source piece"),
+        ),
+    }  # fmt: skip
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser.add_argument("--run", type=Path, default=REPO / "runs" / "toy", help="a trained run")
+    parser.add_argument("--text", default="how are you", help="the sentence to draw")
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "figures")
+    args = parser.parse_args(argv)
+    setup_logging()
+    figures = {
+        "positional_encoding.png": positional_encoding(),
+        "masks.png": masks(),
+        "learning_rate.png": learning_rate(),
+        "label_smoothing.png": label_smoothing(),
+    }
+    if (args.run / "config.yaml").is_file():
+        figures.update(attention_pictures(args.run, args.text))
+    else:
+        sys.stderr.write(
+            f"note: no run at {args.run}: the attention pictures need one "
+            "(train it with: transformer-train --config configs/toy.yaml)\n"
+        )
+    for name, data in figures.items():
+        atomic_write_bytes(args.output / name, lambda handle, data=data: handle.write(data))
+    sys.stderr.write(f"wrote {len(figures)} figures into {args.output}\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: exit 0, or 2 with one error line."""
+    return run_command(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
