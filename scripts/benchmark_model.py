@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from transformer.config import ModelConfig
 from transformer.model import Transformer
-from transformer.model.layers import sinusoidal_table
+from transformer.model.positions import sinusoidal_table
 
 PAD, BOS, EOS = 0, 2, 3
 LABEL_SMOOTHING = 0.1

@@ -5,6 +5,8 @@ From the code that computes them (so a picture cannot disagree with the model):
   masks.png                 the padding mask and the causal mask, True = may attend
   learning_rate.png         the paper's (Noam) learning-rate schedule for three warm-ups
   label_smoothing.png       the target distribution with and without label smoothing
+  rotary_positions.png      RoPE's rotation angles, and a query-key score that depends only on
+                            the distance between the two positions
 From a trained run (--run, default runs/toy), for --text (default "how are you"):
   cross_attention.png, decoder_self_attention.png, encoder_self_attention.png
                             the last layer's attention, head average and each head
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -30,7 +33,7 @@ from transformer.checkpoint import atomic_write_bytes
 from transformer.cli.common import run_command, setup_logging
 from transformer.explain import explain
 from transformer.model.attention import causal_mask, padding_mask
-from transformer.model.layers import sinusoidal_table
+from transformer.model.positions import RotaryPositionalEncoding, rotary_angles, sinusoidal_table
 from transformer.schedule import noam_lr
 from transformer.training import label_smoothed_loss
 from transformer.translator import Translator
@@ -104,6 +107,30 @@ def label_smoothing(vocab: int = 12, target: int = 4, epsilon: float = 0.1) -> b
     return png_bytes(figure)
 
 
+def rotary_positions(d_k: int = 32, positions: int = 48) -> bytes:
+    """RoPE's angles pos·θ_i (mod 2π), and q·k of one rotated query and key at every (i, j)."""
+    angles = rotary_angles(torch.arange(positions), d_k) % (2 * math.pi)  # (T, d_k/2)
+    rope = RotaryPositionalEncoding(d_k)
+    torch.manual_seed(0)
+    q, k = torch.randn(d_k), torch.randn(d_k)
+    rotated_q = rope(q.expand(1, 1, positions, d_k))[0, 0]  # (T, d_k): q at every position
+    rotated_k = rope(k.expand(1, 1, positions, d_k))[0, 0]
+    scores = rotated_q @ rotated_k.T  # (T, T): score of q at position i with k at position j
+    figure = figure_class()(figsize=(11, 4.5), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    image = left.imshow(angles.numpy(), cmap="twilight", aspect="auto", vmin=0, vmax=2 * math.pi)
+    left.set_xlabel("feature pair i (θ_i = 10000^(-2i/d_k): slower to the right)")
+    left.set_ylabel("position")
+    left.set_title(f"rotation angle pos · θ_i (mod 2π), d_k = {d_k}")
+    figure.colorbar(image, ax=left, label="radians")
+    image = right.imshow(scores.numpy(), cmap="RdBu", aspect="auto")
+    right.set_xlabel("key position j")
+    right.set_ylabel("query position i")
+    right.set_title("q·k after rotation: constant along each diagonal (it depends on i − j)")
+    figure.colorbar(image, ax=right)
+    return png_bytes(figure)
+
+
 def attention_pictures(run: Path, text: str) -> dict[str, bytes]:
     """The last layer's three attentions for `text`, from the trained run."""
     translator = Translator.from_run(run, device="cpu")
@@ -140,6 +167,7 @@ def _main(argv: list[str] | None) -> int:
         "masks.png": masks(),
         "learning_rate.png": learning_rate(),
         "label_smoothing.png": label_smoothing(),
+        "rotary_positions.png": rotary_positions(),
     }
     if (args.run / "config.yaml").is_file():
         figures.update(attention_pictures(args.run, args.text))

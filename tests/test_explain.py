@@ -181,3 +181,22 @@ def test_bad_input_is_one_error_line_and_exit_code_2(
     errors = [line for line in capsys.readouterr().err.splitlines() if " INFO " not in line]
     assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0]
     assert a_file.read_text() == "keep me\n"
+
+
+def test_the_walk_follows_the_modern_switches_too(tmp_path: Path) -> None:
+    # RMSNorm, SwiGLU, rotary positions and multi-query attention: the walk must still match
+    # the model's own forward pass (explain checks it) and name each switch.
+    run = make_tiny_run(
+        tmp_path / "modern",
+        norm="rmsnorm",
+        activation="swiglu",
+        positional_encoding="rope",
+        num_kv_heads=1,
+        norm_position="pre",
+    )
+    explanation = explain(Translator.from_run(run, device="cpu"), "how are you")
+    text = format_trace(explanation)
+    for switch in ("RMSNorm", "SwiGLU", "RoPE", "1 heads shared by groups", "no positions added"):
+        assert switch in text
+    data = explanation.to_json()
+    assert torch.tensor(data["cross"]).shape[1] == 2  # maps per query head, not per K/V head

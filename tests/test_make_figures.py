@@ -14,7 +14,7 @@ from tiny_runs import make_tiny_run
 pytest.importorskip("matplotlib")
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_figures.py"
 FORMULA_FIGURES = {"positional_encoding.png", "masks.png", "learning_rate.png",
-                   "label_smoothing.png"}  # fmt: skip
+                   "label_smoothing.png", "rotary_positions.png"}  # fmt: skip
 RUN_FIGURES = {"cross_attention.png", "decoder_self_attention.png", "encoder_self_attention.png"}
 
 

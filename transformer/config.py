@@ -71,6 +71,7 @@ class ModelConfig:
     tgt_vocab_size: int | None = None
     d_model: int = 512
     num_heads: int = 8
+    num_kv_heads: int | None = None  # None: num_heads (no grouping)
     d_ff: int = 2048
     num_encoder_layers: int = 6
     num_decoder_layers: int = 6
@@ -78,6 +79,7 @@ class ModelConfig:
     attention_dropout: float = 0.0
     activation: str = "relu"
     norm_position: str = "post"
+    norm: str = "layernorm"
     positional_encoding: str = "sinusoidal"
     max_positions: int = 1024
     tie_output_embeddings: bool = True
@@ -99,9 +101,24 @@ class ModelConfig:
             )
         _probability("dropout", self.dropout)
         _probability("attention_dropout", self.attention_dropout)
-        _choice("activation", self.activation, ("relu", "gelu"))
+        _choice("activation", self.activation, ("relu", "gelu", "swiglu"))
         _choice("norm_position", self.norm_position, ("post", "pre"))
-        _choice("positional_encoding", self.positional_encoding, ("sinusoidal", "learned"))
+        _choice("norm", self.norm, ("layernorm", "rmsnorm"))
+        _choice("positional_encoding", self.positional_encoding, ("sinusoidal", "learned", "rope"))
+        if self.num_kv_heads is not None:
+            _positive("num_kv_heads", self.num_kv_heads)
+            if self.num_heads % self.num_kv_heads:
+                raise ConfigError(
+                    "num_kv_heads",
+                    f"must divide num_heads ({self.num_heads} % {self.num_kv_heads} != 0); "
+                    "each group of num_heads / num_kv_heads query heads shares one K/V head",
+                )
+        if self.positional_encoding == "rope" and self.d_k % 2:
+            raise ConfigError(
+                "positional_encoding",
+                "rope rotates pairs of features: d_model / num_heads must be even "
+                f"(d_k = {self.d_k})",
+            )
         if self.pad_id < 0:
             raise ConfigError("pad_id", f"must be >= 0 (got {self.pad_id})")
         if (

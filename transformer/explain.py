@@ -26,7 +26,7 @@ from transformer.config import DecodingConfig
 from transformer.errors import UserError
 from transformer.model import AttentionMaps, MultiHeadAttention, Transformer
 from transformer.model.attention import attention_scores, scaled_dot_product_attention
-from transformer.model.layers import AddNorm, FeedForward
+from transformer.model.layers import AddNorm, FeedForward, RMSNorm, SwiGLUFeedForward
 from transformer.search import search
 from transformer.special_ids import BOS_ID, EOS_ID
 from transformer.tokenizer import BOS_PIECE, EOS_PIECE, Tokenizer
@@ -184,8 +184,13 @@ def _walk_encoder(
     x = model.src_embed(src)  # (1, S, D)
     root = math.sqrt(x.size(-1))
     trace("embeddings × √d_model", x, f"√{x.size(-1)} = {root:.2f}; {_values(x[0, 0])}", 1)
-    x = encoder.dropout(encoder.positional(x))  # (1, S, D)
-    trace("+ positional encoding", x, _values(x[0, 0]), depth=1)
+    if encoder.positional is None:  # rope: the positions rotate Q and K in each self-attention
+        trace("(no positions added: rotary positions turn Q and K in each self-attention)",
+              depth=1)  # fmt: skip
+    else:
+        x = encoder.positional(x)  # (1, S, D)
+        trace("+ positional encoding", x, _values(x[0, 0]), depth=1)
+    x = encoder.dropout(x)
     for number, layer in enumerate(encoder.layers, start=1):
         trace(f"encoder layer {number}", depth=1)
         x = layer.attn_sublayer(
@@ -204,17 +209,22 @@ def _walk_encoder(
 
 
 def _add_norm_formula(add_norm: AddNorm) -> str:
+    norm = "RMSNorm" if isinstance(add_norm.norm, RMSNorm) else "LayerNorm"
     if add_norm.pre_norm:
-        return "x + Dropout(Sublayer(LayerNorm(x)))"
-    return "LayerNorm(x + Dropout(Sublayer(x)))"
+        return f"x + Dropout(Sublayer({norm}(x)))"
+    return f"{norm}(x + Dropout(Sublayer(x)))"
 
 
 def _walk_attention(
     attn: MultiHeadAttention, x: Tensor, mask: Tensor | None, pieces: list[str], trace: _Trace
 ) -> Tensor:
     """One multi-head self-attention over x (1, S, D), by the written-out formula, recorded."""
-    q, k, v = attn.project(x, x)  # (1, H, S, d_k) each
+    q, k, v = attn.project(x, x)  # (1, H, S, d_k), (1, H_kv, S, d_k) x 2
     d_k = f"(B, H, S, d_k), d_k = D / H = {attn.d_k}"
+    if attn.num_kv_heads != attn.num_heads:
+        d_k += f"; K and V {tuple(k.shape)}: {attn.num_kv_heads} heads shared by groups"
+    if attn.rotary is not None:
+        d_k += "; Q and K rotated by their positions (RoPE)"
     trace(f"self-attention: Q, K, V = x W^Q, x W^K, x W^V in {attn.num_heads} heads", q, d_k)
     scores = attention_scores(q, k)  # (1, H, Tq, Tk)
     trace("scores = Q Kᵀ / √d_k", scores, f"√d_k = {math.sqrt(attn.d_k):.2f}")
@@ -229,9 +239,13 @@ def _walk_attention(
     return out
 
 
-def _walk_feed_forward(ff: FeedForward, x: Tensor, trace: _Trace) -> Tensor:
-    """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2, recorded."""
-    hidden = ff.activation(ff.linear1(x))  # (1, S, d_ff)
+def _walk_feed_forward(ff: FeedForward | SwiGLUFeedForward, x: Tensor, trace: _Trace) -> Tensor:
+    """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2, or (SiLU(x W_1) ⊙ x W_3) W_2, recorded."""
+    hidden = ff.hidden(x)  # (1, S, d_ff)
+    if isinstance(ff, SwiGLUFeedForward):
+        trace("feed-forward: SiLU(x W_1) ⊙ x W_3 (SwiGLU)", hidden)
+        trace("feed-forward: · W_2", out := ff.linear2(hidden))  # (1, S, D)
+        return out
     active = f"{(hidden > 0).float().mean():.0%} of the units active"
     trace("feed-forward: max(0, x W_1 + b_1)", hidden, active)
     out = ff.linear2(hidden)  # (1, S, D)
@@ -259,7 +273,7 @@ def _walk_decoder(
         self_weights: list[Tensor] = []  # per layer (1, H, 1, t + 1)
         cross_weights: list[Tensor] = []  # per layer (1, H, 1, S)
         x = model.tgt_embed(tgt_in[:, t : t + 1])  # (1, 1, D)
-        note = f"its embedding × √d_model, + positional encoding at position {t}"
+        note = f"its embedding × √d_model, at position {t}"
         trace(f"step {t + 1}: reads {pieces.decoder_input[t]}", x, note, depth=1)
         h = model.decoder(x, memory, src_mask, cache, self_weights, cross_weights)  # (1, 1, D)
         for number, (own, cross) in enumerate(zip(self_weights, cross_weights, strict=True), 1):

@@ -13,7 +13,12 @@ from transformer.model.layers import (
     Embeddings,
     EncoderLayer,
     FeedForward,
+    RMSNorm,
+    SwiGLUFeedForward,
+)
+from transformer.model.positions import (
     LearnedPositionalEncoding,
+    RotaryPositionalEncoding,
     SinusoidalPositionalEncoding,
 )
 from transformer.model.transformer import AttentionMaps, Decoder, Encoder, Transformer
@@ -31,7 +36,10 @@ __all__ = [
     "KVCache",
     "LearnedPositionalEncoding",
     "MultiHeadAttention",
+    "RMSNorm",
+    "RotaryPositionalEncoding",
     "SinusoidalPositionalEncoding",
+    "SwiGLUFeedForward",
     "Transformer",
     "causal_mask",
     "padding_mask",

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer.model.cache import KVCache
+from transformer.model.positions import RotaryPositionalEncoding
 
 
 def padding_mask(ids: Tensor, pad_id: int) -> Tensor:
@@ -42,10 +43,17 @@ def causal_mask(query_len: int, key_len: int, device: torch.device | None = None
     return torch.ones(query_len, key_len, dtype=torch.bool, device=device).tril(diagonal=offset)
 
 
+def repeat_kv_heads(x: Tensor, num_heads: int) -> Tensor:
+    """Grouped-query attention: (B, H_kv, T, d_k) -> (B, H, T, d_k), each key/value head
+    repeated for the H / H_kv query heads of its group (query head h reads K/V head
+    h // (H / H_kv)). With H_kv = H, x itself."""
+    return x if x.size(1) == num_heads else x.repeat_interleave(num_heads // x.size(1), dim=1)
+
+
 def attention_scores(q: Tensor, k: Tensor) -> Tensor:
-    """Q Kᵀ / √d_k, how well each query matches each key: (B, H, Tq, d_k), (B, H, Tk, d_k) ->
-    (B, H, Tq, Tk). Dividing by √d_k keeps the scores' spread from growing with d_k."""
-    return q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+    """Q Kᵀ / √d_k, how well each query matches each key: (B, H, Tq, d_k), (B, H_kv, Tk, d_k)
+    -> (B, H, Tq, Tk). Dividing by √d_k keeps the scores' spread from growing with d_k."""
+    return q @ repeat_kv_heads(k, q.size(1)).transpose(-2, -1) / math.sqrt(q.size(-1))
 
 
 def scaled_dot_product_attention(
@@ -58,9 +66,10 @@ def scaled_dot_product_attention(
 ) -> tuple[Tensor, Tensor]:
     """Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V, written out; returns (output, weights).
 
-    q: (B, H, Tq, d_k), k and v: (B, H, Tk, d_k), mask broadcastable to (B, H, Tq, Tk).
-    Masked scores get the most negative finite value before the softmax and zero weight after
-    it, so a row with every key masked gives a zero output rather than NaN (as the fused path).
+    q: (B, H, Tq, d_k), k and v: (B, H_kv, Tk, d_k) (H_kv = H but with grouped-query
+    attention), mask broadcastable to (B, H, Tq, Tk). Masked scores get the most negative
+    finite value before the softmax and zero weight after it, so a row with every key masked
+    gives a zero output rather than NaN (as the fused path).
     """
     scores = attention_scores(q, k)  # (B, H, Tq, Tk)
     if mask is not None:
@@ -70,15 +79,18 @@ def scaled_dot_product_attention(
         weights = weights.masked_fill(~mask, 0.0)
     if dropout > 0.0 and training:
         weights = F.dropout(weights, p=dropout)
-    return weights @ v, weights  # (B, H, Tq, d_k), (B, H, Tq, Tk)
+    return weights @ repeat_kv_heads(v, q.size(1)), weights  # (B, H, Tq, d_k), (B, H, Tq, Tk)
 
 
 def fused_attention(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float, training: bool
 ) -> Tensor:
-    """The same attention through PyTorch's fused `F.scaled_dot_product_attention`."""
+    """The same attention through PyTorch's fused `F.scaled_dot_product_attention` (whose
+    grouped-query mode reads each K/V head for its group without copying it)."""
+    dropout_p = dropout if training else 0.0
+    grouped = k.size(1) != q.size(1)
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=dropout if training else 0.0
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=grouped
     )  # (B, H, Tq, d_k)
 
 
@@ -103,7 +115,7 @@ def attention(
 ) -> tuple[Tensor, Tensor | None]:
     """softmax(Q Kᵀ / √d_k) V by the fastest path that gives what is asked for.
 
-    q: (N, H, Tq, d_k); k, v: (B, H, Tk, d_k) where B is N, or divides N (see
+    q: (N, H, Tq, d_k); k, v: (B, H_kv, Tk, d_k) where B is N, or divides N (see
     `shared_key_attention`). Returns the output (N, H, Tq, d_k) and, with `need_weights`, the
     weights (N, H, Tq, Tk) of the written-out formula; else None.
     """
@@ -129,7 +141,7 @@ def shared_key_attention(
     The same as repeating each row of k, v and mask G times, without the copies: the G query
     rows of a key row are stacked into one row of G·Tq queries (attention treats every query
     alone, so this changes nothing but the matmul shapes). The mask may only mask keys:
-    (B, 1, 1, Tk), or None. q: (N, H, Tq, d_k), k and v: (B, H, Tk, d_k).
+    (B, 1, 1, Tk), or None. q: (N, H, Tq, d_k), k and v: (B, H_kv, Tk, d_k).
     """
     N, H, Tq, d_k = q.shape
     B = k.size(0)
@@ -154,32 +166,52 @@ class MultiHeadAttention(nn.Module):
     head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
 
     The h heads' projections side by side are one D x D matrix each (W^Q = [W_1^Q ... W_h^Q]),
-    and the three are stored stacked in one linear layer, `qkv_proj` (3D outputs: Q, then K,
+    and the three are stored stacked in one linear layer, `qkv_proj` (outputs: Q, then K,
     then V), so that self-attention projects its input once. Cross-attention projects the
-    decoder's queries with the first D outputs' weights and the encoder output with the last
-    2D. `out_proj` is W^O.
+    decoder's queries with the Q weights and the encoder output with the K and V weights.
+    `out_proj` is W^O.
 
     One class serves the three attentions of the model: encoder self-attention (padding
     mask), masked decoder self-attention (causal mask) and cross-attention (queries from the
     decoder, keys and values from the encoder output).
+
+    Two switches of later models: `num_kv_heads` < `num_heads` gives grouped-query attention
+    (the query heads share K/V heads in groups; 1 = multi-query attention), which shrinks W^K,
+    W^V and the decoding cache by num_heads / num_kv_heads; `rotary` rotates the queries and
+    keys of self-attention by their positions (RoPE).
     """
 
-    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        num_kv_heads: int | None = None,
+        rotary: RotaryPositionalEncoding | None = None,
+    ) -> None:
         super().__init__()
+        num_kv_heads = num_kv_heads or num_heads
         if d_model % num_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
+        if num_heads % num_kv_heads != 0:
+            raise ValueError(
+                f"num_heads ({num_heads}) must be divisible by num_kv_heads ({num_kv_heads})"
+            )
         self.d_model = d_model
         self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
         self.d_k = d_model // num_heads
+        self.kv_dim = num_kv_heads * self.d_k  # width of K (and of V): D unless grouped
         self.dropout = dropout
-        self.qkv_proj = nn.Linear(d_model, 3 * d_model)  # [W^Q | W^K | W^V] and their biases
+        self.qkv_proj = nn.Linear(d_model, d_model + 2 * self.kv_dim)  # [W^Q | W^K | W^V], biases
         self.out_proj = nn.Linear(d_model, d_model)  # W^O
+        self.rotary = rotary
         self.register_load_state_dict_pre_hook(_fuse_separate_projections)
 
     def split_heads(self, x: Tensor) -> Tensor:
-        """(B, T, D) -> (B, H, T, d_k): head i reads features i·d_k .. (i+1)·d_k - 1."""
-        B, T, _ = x.shape
-        return x.view(B, T, self.num_heads, self.d_k).transpose(1, 2)
+        """(B, T, heads·d_k) -> (B, heads, T, d_k): head i reads features i·d_k .. (i+1)·d_k - 1."""
+        B, T, width = x.shape
+        return x.view(B, T, width // self.d_k, self.d_k).transpose(1, 2)
 
     def forward(
         self,
@@ -212,23 +244,26 @@ class MultiHeadAttention(nn.Module):
     def project(
         self, query: Tensor, key_value: Tensor | None, cache: KVCache | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Q W^Q, K W^K, V W^V split into heads: (B, H, Tq, d_k) and two (B_kv, H, Tk, d_k).
+        """Q W^Q, K W^K, V W^V split into heads: (B, H, Tq, d_k) and two (B_kv, H_kv, Tk, d_k).
 
         Self-attention (`query is key_value`) projects once through the stacked weights and
         appends the new keys/values to the cache; cross-attention projects the queries with
         W^Q and the encoder output with W^K, W^V, once: later steps take them from the cache.
         """
-        D = self.d_model
+        D, kv = self.d_model, self.kv_dim
         if query is key_value:  # self-attention: Q, K, V = x W^Q, x W^K, x W^V in one matmul
-            q, k, v = (self.split_heads(t) for t in self.qkv_proj(query).chunk(3, dim=-1))
+            q, k, v = (self.split_heads(t) for t in self.qkv_proj(query).split([D, kv, kv], -1))
+            if self.rotary is not None:  # RoPE: rotate by the positions, after the cached ones
+                offset = 0 if cache is None else cache.length
+                q, k = self.rotary(q, offset), self.rotary(k, offset)
             if cache is not None:
-                k, v = cache.append(k, v)  # (B, H, T_cached + Tq, d_k)
+                k, v = cache.append(k, v)  # (B, H_kv, T_cached + Tq, d_k)
             return q, k, v
-        w_q, w_kv = self.qkv_proj.weight.split([D, 2 * D])  # W^Qᵀ (D, D); W^Kᵀ, W^Vᵀ (2D, D)
-        b_q, b_kv = self.qkv_proj.bias.split([D, 2 * D])
+        w_q, w_kv = self.qkv_proj.weight.split([D, 2 * kv])  # W^Qᵀ (D, D); W^Kᵀ, W^Vᵀ (2kv, D)
+        b_q, b_kv = self.qkv_proj.bias.split([D, 2 * kv])
         q = self.split_heads(F.linear(query, w_q, b_q))  # (B, H, Tq, d_k)
         if cache is not None and cache.kept:
-            return q, cache.k, cache.v  # (B_kv, H, Tk, d_k): projected at the first step
+            return q, cache.k, cache.v  # (B_kv, H_kv, Tk, d_k): projected at the first step
         if key_value is None:
             raise ValueError("cross-attention needs key_value until its cache holds it")
         k, v = (self.split_heads(t) for t in F.linear(key_value, w_kv, b_kv).chunk(2, dim=-1))

@@ -27,6 +27,11 @@ class KVCache:
         self.v: Tensor | None = None
         self.kept = False
 
+    @property
+    def length(self) -> int:
+        """How many positions are kept (the position of the next one)."""
+        return 0 if self.k is None else self.k.size(2)
+
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Self-attention: add the new positions (N, H, T_new, d_k); return all (N, H, T, d_k)."""
         if self.kept:
@@ -69,8 +74,7 @@ class DecoderCache:
     @property
     def length(self) -> int:
         """How many target positions are cached (the position offset of the next token)."""
-        first = self.self_attn[0].k
-        return 0 if first is None else first.size(2)
+        return self.self_attn[0].length
 
     @property
     def holds_source(self) -> bool:

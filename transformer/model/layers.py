@@ -1,6 +1,7 @@
-"""Embeddings, positional encodings, feed-forward, Add & Norm, encoder and decoder layers.
+"""Embeddings, feed-forward networks, normalisation, Add & Norm, encoder and decoder layers.
 
-Shape legend: B batch, S source length, T target length, D d_model, V vocabulary.
+Shape legend: B batch, N decoder rows (B, or B x beams), S source length, T target length,
+D d_model, V vocabulary.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 
 from transformer.model.attention import MultiHeadAttention
 from transformer.model.cache import KVCache
+from transformer.model.positions import RotaryPositionalEncoding
 
 LayerCaches = tuple[KVCache, KVCache]  # a decoder layer's (self-attention, cross-attention) caches
 
@@ -32,61 +34,6 @@ class Embeddings(nn.Module):
         return self.embedding(ids) * self.scale
 
 
-def sinusoidal_table(positions: Tensor, d_model: int) -> Tensor:
-    """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(same): (T,) -> (T, D)."""
-    two_i = torch.arange(0, d_model, 2, device=positions.device, dtype=torch.float32)  # (⌈D/2⌉,)
-    angles = positions.float()[:, None] / torch.pow(10000.0, two_i / d_model)  # (T, ⌈D/2⌉)
-    table = torch.empty(positions.numel(), d_model, device=positions.device)
-    table[:, 0::2] = torch.sin(angles)
-    table[:, 1::2] = torch.cos(angles[:, : d_model // 2])
-    return table  # (T, D)
-
-
-class SinusoidalPositionalEncoding(nn.Module):
-    """Fixed sinusoidal positions for any length; no parameters.
-
-    The first `precomputed` positions come from a table made once (a buffer outside the
-    state dict), so that a decoding step adds a row instead of computing it; later
-    positions are computed when asked for.
-    """
-
-    def __init__(self, d_model: int, precomputed: int = 1024) -> None:
-        super().__init__()
-        self.d_model = d_model
-        table = sinusoidal_table(torch.arange(precomputed), d_model)  # (precomputed, D)
-        self.register_buffer("table", table, persistent=False)
-
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        """(B, T, D) -> (B, T, D): x plus the encodings of positions offset .. offset+T-1."""
-        end = offset + x.size(1)
-        if end <= self.table.size(0):
-            rows = self.table[offset:end]  # (T, D)
-        else:
-            rows = sinusoidal_table(torch.arange(offset, end, device=x.device), self.d_model)
-        return x + rows.to(x.dtype)
-
-
-class LearnedPositionalEncoding(nn.Module):
-    """A trained embedding per position, up to `max_positions`."""
-
-    def __init__(self, d_model: int, max_positions: int) -> None:
-        super().__init__()
-        self.max_positions = max_positions
-        self.embedding = nn.Embedding(max_positions, d_model)
-
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        """(B, T, D) -> (B, T, D): x plus the learned vectors of positions offset .. offset+T-1."""
-        end = offset + x.size(1)
-        if end > self.max_positions:
-            raise ValueError(
-                f"sequence of {end} positions exceeds the learned positional encoding's "
-                f"max_positions={self.max_positions}; shorten the input or raise "
-                "model.max_positions (or use positional_encoding: sinusoidal)"
-            )
-        positions = torch.arange(offset, end, device=x.device)
-        return x + self.embedding(positions)
-
-
 class FeedForward(nn.Module):
     """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2 (GELU instead of ReLU when chosen)."""
 
@@ -94,28 +41,92 @@ class FeedForward(nn.Module):
         super().__init__()
         if activation not in ("relu", "gelu"):
             raise ValueError(f"activation must be relu or gelu, got {activation!r}")
-        self.linear1 = nn.Linear(d_model, d_ff)
-        self.linear2 = nn.Linear(d_ff, d_model)
+        self.linear1 = nn.Linear(d_model, d_ff)  # W_1, b_1
+        self.linear2 = nn.Linear(d_ff, d_model)  # W_2, b_2
         self.activation = F.relu if activation == "relu" else F.gelu
+
+    def hidden(self, x: Tensor) -> Tensor:
+        """max(0, x W_1 + b_1): (B, T, D) -> (B, T, d_ff)."""
+        return self.activation(self.linear1(x))
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, D) -> (B, T, d_ff) -> (B, T, D)."""
-        return self.linear2(self.activation(self.linear1(x)))
+        return self.linear2(self.hidden(x))
+
+
+class SwiGLUFeedForward(nn.Module):
+    """FFN(x) = (SiLU(x W_1) ⊙ x W_3) W_2, the gated feed-forward network of PaLM and LLaMA.
+
+    x W_3 gates the SiLU-activated x W_1 feature by feature (SiLU(z) = z · sigmoid(z)); there
+    are no biases. `d_ff` is the width of each of W_1 and W_3, so the network has 3·D·d_ff
+    parameters where the paper's has 2·D·d_ff + d_ff + D: a d_ff of 2/3 of the ReLU
+    network's keeps the size.
+    """
+
+    def __init__(self, d_model: int, d_ff: int) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, d_ff, bias=False)  # W_1
+        self.linear3 = nn.Linear(d_model, d_ff, bias=False)  # W_3, the gate
+        self.linear2 = nn.Linear(d_ff, d_model, bias=False)  # W_2
+
+    def hidden(self, x: Tensor) -> Tensor:
+        """SiLU(x W_1) ⊙ x W_3: (B, T, D) -> (B, T, d_ff)."""
+        return F.silu(self.linear1(x)) * self.linear3(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, T, D) -> (B, T, d_ff) -> (B, T, D)."""
+        return self.linear2(self.hidden(x))
+
+
+def make_feed_forward(d_model: int, d_ff: int, activation: str) -> nn.Module:
+    """The paper's feed-forward network (relu, gelu), or the gated SwiGLU one (swiglu)."""
+    if activation == "swiglu":
+        return SwiGLUFeedForward(d_model, d_ff)
+    return FeedForward(d_model, d_ff, activation)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm(x) = x / sqrt(mean(x²) + ε) · g: LayerNorm without the mean and the bias.
+
+    Scaling each vector to a root mean square of 1 (then by a learned gain g) is what keeps
+    the activations in range; RMSNorm skips LayerNorm's centring, a little cheaper.
+    """
+
+    def __init__(self, d_model: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model))  # g
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., D) -> (..., D)."""
+        rms = x.float().pow(2).mean(dim=-1, keepdim=True).add(self.eps).sqrt()  # (..., 1)
+        return (x.float() / rms).to(x.dtype) * self.weight
+
+
+def make_norm(kind: str, d_model: int) -> nn.Module:
+    """LayerNorm (the paper's) or RMSNorm, over the last dimension of size d_model."""
+    if kind == "layernorm":
+        return nn.LayerNorm(d_model)
+    if kind == "rmsnorm":
+        return RMSNorm(d_model)
+    raise ValueError(f"norm must be layernorm or rmsnorm, got {kind!r}")
 
 
 class AddNorm(nn.Module):
-    """Residual connection around a sublayer, with its LayerNorm.
+    """Residual connection around a sublayer, with its normalisation (LayerNorm or RMSNorm).
 
     post-norm (the paper): LayerNorm(x + Dropout(Sublayer(x)));
     pre-norm:              x + Dropout(Sublayer(LayerNorm(x))).
     """
 
-    def __init__(self, d_model: int, dropout: float, norm_position: str = "post") -> None:
+    def __init__(
+        self, d_model: int, dropout: float, norm_position: str = "post", norm: str = "layernorm"
+    ) -> None:
         super().__init__()
         if norm_position not in ("post", "pre"):
             raise ValueError(f"norm_position must be post or pre, got {norm_position!r}")
         self.pre_norm = norm_position == "pre"
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = make_norm(norm, d_model)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
@@ -137,12 +148,17 @@ class EncoderLayer(nn.Module):
         attention_dropout: float = 0.0,
         activation: str = "relu",
         norm_position: str = "post",
+        norm: str = "layernorm",
+        num_kv_heads: int | None = None,
+        rotary: RotaryPositionalEncoding | None = None,
     ) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, num_heads, attention_dropout)
-        self.feed_forward = FeedForward(d_model, d_ff, activation)
-        self.attn_sublayer = AddNorm(d_model, dropout, norm_position)
-        self.ff_sublayer = AddNorm(d_model, dropout, norm_position)
+        self.self_attn = MultiHeadAttention(
+            d_model, num_heads, attention_dropout, num_kv_heads, rotary
+        )
+        self.feed_forward = make_feed_forward(d_model, d_ff, activation)
+        self.attn_sublayer = AddNorm(d_model, dropout, norm_position, norm)
+        self.ff_sublayer = AddNorm(d_model, dropout, norm_position, norm)
 
     def forward(
         self, x: Tensor, src_mask: Tensor | None, weights: list[Tensor] | None = None
@@ -154,7 +170,8 @@ class EncoderLayer(nn.Module):
 
 class DecoderLayer(nn.Module):
     """One decoder layer: masked self-attention, cross-attention over the encoder output, then
-    the feed-forward network, each with Add & Norm."""
+    the feed-forward network, each with Add & Norm. Rotary positions (if any) apply to the
+    self-attention only: the source and the target positions are not comparable."""
 
     def __init__(
         self,
@@ -165,14 +182,19 @@ class DecoderLayer(nn.Module):
         attention_dropout: float = 0.0,
         activation: str = "relu",
         norm_position: str = "post",
+        norm: str = "layernorm",
+        num_kv_heads: int | None = None,
+        rotary: RotaryPositionalEncoding | None = None,
     ) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, num_heads, attention_dropout)
-        self.cross_attn = MultiHeadAttention(d_model, num_heads, attention_dropout)
-        self.feed_forward = FeedForward(d_model, d_ff, activation)
-        self.self_attn_sublayer = AddNorm(d_model, dropout, norm_position)
-        self.cross_attn_sublayer = AddNorm(d_model, dropout, norm_position)
-        self.ff_sublayer = AddNorm(d_model, dropout, norm_position)
+        self.self_attn = MultiHeadAttention(
+            d_model, num_heads, attention_dropout, num_kv_heads, rotary
+        )
+        self.cross_attn = MultiHeadAttention(d_model, num_heads, attention_dropout, num_kv_heads)
+        self.feed_forward = make_feed_forward(d_model, d_ff, activation)
+        self.self_attn_sublayer = AddNorm(d_model, dropout, norm_position, norm)
+        self.cross_attn_sublayer = AddNorm(d_model, dropout, norm_position, norm)
+        self.ff_sublayer = AddNorm(d_model, dropout, norm_position, norm)
 
     def forward(
         self,

@@ -15,50 +15,42 @@ from torch import Tensor, nn
 from transformer.config import ModelConfig
 from transformer.model.attention import MultiHeadAttention, causal_mask, padding_mask
 from transformer.model.cache import DecoderCache
-from transformer.model.layers import (
-    DecoderLayer,
-    Embeddings,
-    EncoderLayer,
+from transformer.model.layers import DecoderLayer, Embeddings, EncoderLayer, make_norm
+from transformer.model.positions import (
     LearnedPositionalEncoding,
+    RotaryPositionalEncoding,
     SinusoidalPositionalEncoding,
 )
 from transformer.special_ids import SpecialIds
 
 
-def make_positional_encoding(kind: str, d_model: int, max_positions: int) -> nn.Module:
-    """The positional encoding called `kind` ("sinusoidal" or "learned")."""
+def make_positional_encoding(kind: str, d_model: int, max_positions: int) -> nn.Module | None:
+    """The encoding added to the embeddings: sinusoidal, learned, or None for rope (whose
+    rotations happen inside each self-attention)."""
     if kind == "sinusoidal":
         return SinusoidalPositionalEncoding(d_model)
     if kind == "learned":
         return LearnedPositionalEncoding(d_model, max_positions)
-    raise ValueError(f"positional encoding must be sinusoidal or learned, got {kind!r}")
+    if kind == "rope":
+        return None
+    raise ValueError(f"positional encoding must be sinusoidal, learned or rope, got {kind!r}")
 
 
 class Encoder(nn.Module):
-    """Positions + dropout, then N encoder layers (and a final LayerNorm when pre-norm)."""
+    """Positions + dropout, then N encoder layers (and a final norm when pre-norm)."""
 
     def __init__(
         self,
-        num_layers: int,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
+        layers: list[EncoderLayer],
+        positional: nn.Module | None,
         dropout: float,
-        attention_dropout: float,
-        activation: str,
-        norm_position: str,
-        positional: nn.Module,
+        final_norm: nn.Module | None,
     ) -> None:
         super().__init__()
         self.positional = positional
         self.dropout = nn.Dropout(dropout)
-        self.layers = nn.ModuleList(
-            EncoderLayer(
-                d_model, num_heads, d_ff, dropout, attention_dropout, activation, norm_position
-            )
-            for _ in range(num_layers)
-        )
-        self.final_norm = nn.LayerNorm(d_model) if norm_position == "pre" else None
+        self.layers = nn.ModuleList(layers)
+        self.final_norm = final_norm
 
     def forward(
         self, x: Tensor, src_mask: Tensor | None, weights: list[Tensor] | None = None
@@ -67,37 +59,29 @@ class Encoder(nn.Module):
 
         With a `weights` list, each layer's self-attention weights (B, H, S, S) are appended.
         """
-        x = self.dropout(self.positional(x))
+        if self.positional is not None:
+            x = self.positional(x)
+        x = self.dropout(x)
         for layer in self.layers:
             x = layer(x, src_mask, weights)
         return x if self.final_norm is None else self.final_norm(x)
 
 
 class Decoder(nn.Module):
-    """Positions + dropout, then N decoder layers (and a final LayerNorm when pre-norm)."""
+    """Positions + dropout, then N decoder layers (and a final norm when pre-norm)."""
 
     def __init__(
         self,
-        num_layers: int,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
+        layers: list[DecoderLayer],
+        positional: nn.Module | None,
         dropout: float,
-        attention_dropout: float,
-        activation: str,
-        norm_position: str,
-        positional: nn.Module,
+        final_norm: nn.Module | None,
     ) -> None:
         super().__init__()
         self.positional = positional
         self.dropout = nn.Dropout(dropout)
-        self.layers = nn.ModuleList(
-            DecoderLayer(
-                d_model, num_heads, d_ff, dropout, attention_dropout, activation, norm_position
-            )
-            for _ in range(num_layers)
-        )
-        self.final_norm = nn.LayerNorm(d_model) if norm_position == "pre" else None
+        self.layers = nn.ModuleList(layers)
+        self.final_norm = final_norm
 
     def forward(
         self,
@@ -122,7 +106,9 @@ class Decoder(nn.Module):
                 src_mask = cache.source_mask
             else:
                 cache.keep_source_mask(src_mask)
-        x = self.dropout(self.positional(x, offset))
+        if self.positional is not None:
+            x = self.positional(x, offset)
+        x = self.dropout(x)
         # One new position may attend every earlier one: no mask needed.
         tgt_mask = None if T == 1 else causal_mask(T, offset + T, x.device)  # (T, offset + T)
         for i, layer in enumerate(self.layers):
@@ -167,18 +153,18 @@ class Transformer(nn.Module):
             if c.share_embeddings
             else Embeddings(c.tgt_vocab_size, c.d_model, c.pad_id)
         )
-        stack = (c.d_model, c.num_heads, c.d_ff, c.dropout, c.attention_dropout, c.activation)
+        encoder_layer, decoder_layer = layer_shape(c, rotary(c)), layer_shape(c, rotary(c))
         self.encoder = Encoder(
-            c.num_encoder_layers,
-            *stack,
-            c.norm_position,
+            [EncoderLayer(*encoder_layer) for _ in range(c.num_encoder_layers)],
             make_positional_encoding(c.positional_encoding, c.d_model, c.max_positions),
+            c.dropout,
+            make_norm(c.norm, c.d_model) if c.norm_position == "pre" else None,
         )
         self.decoder = Decoder(
-            c.num_decoder_layers,
-            *stack,
-            c.norm_position,
+            [DecoderLayer(*decoder_layer) for _ in range(c.num_decoder_layers)],
             make_positional_encoding(c.positional_encoding, c.d_model, c.max_positions),
+            c.dropout,
+            make_norm(c.norm, c.d_model) if c.norm_position == "pre" else None,
         )
         self.output_proj = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)  # W_out
         self.reset_parameters()
@@ -188,8 +174,8 @@ class Transformer(nn.Module):
     def reset_parameters(self) -> None:
         """Xavier-uniform matrices, zero biases, N(0, d_model^-0.5) embeddings (pad row zero).
 
-        W^Q, W^K and W^V are each initialised as the D x D matrix they are, not as thirds of
-        the stacked (3D x D) `qkv_proj`.
+        W^Q, W^K and W^V are each initialised as the matrix they are, not as parts of the
+        stacked `qkv_proj`.
         """
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -203,7 +189,8 @@ class Transformer(nn.Module):
                         module.weight[module.padding_idx].zero_()
         for module in self.modules():
             if isinstance(module, MultiHeadAttention):
-                for projection in module.qkv_proj.weight.data.chunk(3):  # (D, D) each
+                sizes = [module.d_model, module.kv_dim, module.kv_dim]
+                for projection in module.qkv_proj.weight.data.split(sizes):  # W^Q, W^K, W^V
                     nn.init.xavier_uniform_(projection)
 
     @property
@@ -297,6 +284,21 @@ class Transformer(nn.Module):
     def num_parameters(self) -> int:
         """Trainable parameters, each tied tensor counted once."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def rotary(config: ModelConfig) -> RotaryPositionalEncoding | None:
+    """The rotary positions a stack's self-attentions share, for positional_encoding: rope."""
+    if config.positional_encoding != "rope":
+        return None
+    return RotaryPositionalEncoding(config.d_model // config.num_heads)
+
+
+def layer_shape(config: ModelConfig, rotary: RotaryPositionalEncoding | None) -> tuple:
+    """The arguments of EncoderLayer and DecoderLayer for `config`; the layers of one stack
+    share its `rotary` (a table of angles, no parameters)."""
+    c = config
+    return (c.d_model, c.num_heads, c.d_ff, c.dropout, c.attention_dropout, c.activation,
+            c.norm_position, c.norm, c.num_kv_heads, rotary)  # fmt: skip
 
 
 def _check_ids(name: str, ids: Tensor, vocab_size: int | None) -> None:
