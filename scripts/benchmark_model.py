@@ -170,9 +170,8 @@ def copy_weights(ours: Transformer, reference: ReferenceTransformer) -> None:
     target = reference.transformer
 
     def attention(mine: nn.Module, theirs: nn.MultiheadAttention) -> None:
-        projections = (mine.q_proj, mine.k_proj, mine.v_proj)
-        theirs.in_proj_weight.copy_(torch.cat([p.weight for p in projections]))
-        theirs.in_proj_bias.copy_(torch.cat([p.bias for p in projections]))
+        theirs.in_proj_weight.copy_(mine.qkv_proj.weight)  # both stack W^Q, W^K, W^V
+        theirs.in_proj_bias.copy_(mine.qkv_proj.bias)
         theirs.out_proj.load_state_dict(mine.out_proj.state_dict())
 
     with torch.no_grad():
