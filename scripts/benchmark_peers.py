@@ -1,0 +1,328 @@
+"""Our training step and decoding against Hugging Face's `MarianMTModel` of the same shape.
+
+Both models: d_model 256, 3 + 3 layers, 4 heads, d_ff 1024, ReLU, post-norm, dropout 0.1,
+sinusoidal positions, embeddings scaled by √d_model, one shared 8k vocabulary tied to the
+output layer, randomly initialised. Both train on the same batches (Multi30k en-de tokenized
+with the run pipeline's SentencePiece, cut into ~4,096-token batches by our sampler, or
+synthetic batches of Multi30k's shape when the corpus is absent), with the same loss
+(label-smoothed cross-entropy, ε = 0.1, summed and divided by the target tokens), the same
+optimizer (Adam, betas 0.9/0.98, eps 1e-9, gradient clipping at 1.0) and the same threads.
+Each model trains in its own subprocess (so its peak memory is its own), and the rounds
+alternate: ours, Marian, ours, Marian... Speed is target tokens per second of the median
+step; memory the peak resident set above the size before the model was built.
+
+Decoding: the same sentences (the first --sentences of Multi30k test_2016_flickr, sorted by
+length) in batches of 64, every output
+forced to 20 tokens; ours `greedy_search` / `beam_search`, Marian `generate` with its cache
+(num_beams 1 or 5, min_new_tokens = max_new_tokens = 20).
+
+    python scripts/benchmark_peers.py                       # 2 threads, 20 steps, 2 rounds
+    python scripts/benchmark_peers.py --threads 1 --steps 30 --rounds 3
+    python scripts/benchmark_peers.py --no-decoding
+
+Needs `transformers` (pip install -e '.[bench]'); without it, only our rows are printed.
+The last line reads `training ours/MarianMT: X.XX×`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from transformer.batching import TokenBatchSampler
+from transformer.config import ModelConfig
+from transformer.model import Transformer
+from transformer.search import beam_search, greedy_search
+from transformer.special_ids import BOS_ID, EOS_ID, PAD_ID
+from transformer.training import label_smoothed_loss
+
+REPO = Path(__file__).resolve().parents[1]
+MULTI30K = REPO.parent / "shared" / "data" / "multi30k"
+VOCAB, D_MODEL, HEADS, D_FF, LAYERS = 8000, 256, 4, 1024, 3
+BATCH_TOKENS = 4096
+LABEL_SMOOTHING = 0.1
+DECODE_LENGTH, DECODE_BATCH = 20, 64
+IMPLEMENTATIONS = ("ours", "marian")
+
+
+def our_model() -> nn.Module:
+    """Ours: the shape above, post-norm, ReLU, shared tied embeddings."""
+    config = ModelConfig(
+        src_vocab_size=VOCAB,
+        tgt_vocab_size=VOCAB,
+        d_model=D_MODEL,
+        num_heads=HEADS,
+        d_ff=D_FF,
+        num_encoder_layers=LAYERS,
+        num_decoder_layers=LAYERS,
+        dropout=0.1,
+        share_embeddings=True,
+        tie_output_embeddings=True,
+    )
+    return Transformer(config)
+
+
+def marian_model() -> nn.Module:
+    """MarianMTModel of the same shape (its sinusoidal positions, scaled embeddings, tying)."""
+    from transformers import MarianConfig, MarianMTModel
+
+    config = MarianConfig(
+        vocab_size=VOCAB,
+        d_model=D_MODEL,
+        encoder_layers=LAYERS,
+        decoder_layers=LAYERS,
+        encoder_attention_heads=HEADS,
+        decoder_attention_heads=HEADS,
+        encoder_ffn_dim=D_FF,
+        decoder_ffn_dim=D_FF,
+        activation_function="relu",
+        dropout=0.1,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        max_position_embeddings=512,
+        scale_embedding=True,
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        decoder_start_token_id=BOS_ID,
+        forced_eos_token_id=None,
+        share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True,
+    )
+    return MarianMTModel(config)
+
+
+def logits_of(impl: str, model: nn.Module, src: Tensor, tgt_in: Tensor) -> Tensor:
+    """Teacher-forced logits (B, T, V) of either model."""
+    if impl == "ours":
+        return model(src, tgt_in)
+    return model(
+        input_ids=src,
+        attention_mask=(src != PAD_ID).long(),
+        decoder_input_ids=tgt_in,
+        decoder_attention_mask=(tgt_in != PAD_ID).long(),
+    ).logits
+
+
+# ------------------------------------------------------------------------------------ batches
+
+
+def read_lines(path: Path, limit: int | None = None) -> list[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        lines = [line.rstrip("\n") for line in handle]
+    return lines[:limit] if limit else lines
+
+
+def make_data(
+    count: int, sentences: int, directory: Path
+) -> tuple[list[tuple[Tensor, Tensor, Tensor]], list[Tensor], str]:
+    """`count` training batches (src, tgt_in, tgt_out) and decoding batches, and their source."""
+    if (MULTI30K / "train.en.gz").is_file():
+        from transformer.config import TokenizerConfig
+        from transformer.tokenizer import train_tokenizers
+
+        english, german = read_lines(MULTI30K / "train.en.gz"), read_lines(MULTI30K / "train.de.gz")
+        tokenizers = train_tokenizers(TokenizerConfig(vocab_size=VOCAB), english, german, directory)
+        src_ids = tokenizers.src.encode_batch(english)
+        tgt_ids = tokenizers.tgt.encode_batch(german)
+        test_ids = tokenizers.src.encode_batch(read_lines(MULTI30K / "test_2016_flickr.en.gz"))
+        where = "Multi30k en-de"
+    else:  # synthetic sentences of Multi30k's lengths (about 16 pieces, 14 to 40)
+        g = torch.Generator().manual_seed(0)
+        lengths = torch.randint(8, 30, (29_000,), generator=g).tolist()
+        src_ids = [torch.randint(4, VOCAB, (n,), generator=g).tolist() for n in lengths]
+        tgt_ids = [torch.randint(4, VOCAB, (n + 2,), generator=g).tolist() for n in lengths]
+        test_ids = src_ids[:1000]
+        where = "synthetic (no Multi30k at ../shared/data/multi30k)"
+    src_ids = [ids + [EOS_ID] for ids in src_ids]
+    tgt_ids = [ids + [EOS_ID] for ids in tgt_ids]
+    sampler = TokenBatchSampler(
+        [len(s) for s in src_ids], [len(t) for t in tgt_ids], BATCH_TOKENS, seed=1, shuffle=True
+    )
+    training = [padded_batch([src_ids[i] for i in b], [tgt_ids[i] for i in b])
+                for b in sampler.batches(0)[:count]]  # fmt: skip
+    test = sorted(([*ids, EOS_ID] for ids in test_ids[:sentences]), key=len)
+    decoding = [pad(test[i : i + DECODE_BATCH]) for i in range(0, len(test), DECODE_BATCH)]
+    return training, decoding, where
+
+
+def pad(rows: list[list[int]]) -> Tensor:
+    out = torch.full((len(rows), max(map(len, rows))), PAD_ID, dtype=torch.long)
+    for i, ids in enumerate(rows):
+        out[i, : len(ids)] = torch.tensor(ids)
+    return out
+
+
+def padded_batch(src: list[list[int]], tgt: list[list[int]]) -> tuple[Tensor, Tensor, Tensor]:
+    tgt_out = pad(tgt)  # y_1 .. y_n EOS
+    tgt_in = pad([[BOS_ID, *ids[:-1]] for ids in tgt])  # BOS y_1 .. y_n
+    return pad(src), tgt_in, tgt_out
+
+
+# ------------------------------------------------------------------------------------ workers
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def measure_training(impl: str, data: Path, steps: int, warmup: int) -> dict[str, float]:
+    """Train one model for warmup + steps steps on the saved batches; median step speed."""
+    batches = torch.load(data / "training.pt")
+    baseline = current_rss_mib()
+    torch.manual_seed(1)
+    model = (our_model() if impl == "ours" else marian_model()).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+    times, tokens = [], []
+    for index in range(warmup + steps):
+        src, tgt_in, tgt_out = batches[index % len(batches)]
+        start = time.perf_counter()
+        logits = logits_of(impl, model, src, tgt_in)
+        count = int((tgt_out != PAD_ID).sum())
+        loss = label_smoothed_loss(logits, tgt_out, LABEL_SMOOTHING, PAD_ID) / count
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+            tokens.append(count)
+    per_token = statistics.median(t / n for t, n in zip(times, tokens, strict=True))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline
+    return {"tokens_per_s": 1 / per_token, "memory_mib": peak}
+
+
+@torch.inference_mode()
+def measure_decoding(impl: str, data: Path, beam: int) -> dict[str, float]:
+    """Decode the saved sentences with outputs forced to DECODE_LENGTH tokens."""
+    batches = torch.load(data / "decoding.pt")
+    torch.manual_seed(1)
+    model = (our_model() if impl == "ours" else marian_model()).eval()
+    sentences, start = 0, time.perf_counter()
+    for src in batches:
+        if impl == "ours" and beam == 1:
+            greedy_search(model, src, 0.0, DECODE_LENGTH, min_length=DECODE_LENGTH)
+        elif impl == "ours":
+            beam_search(model, src, beam, 0.0, DECODE_LENGTH, min_length=DECODE_LENGTH)
+        else:
+            model.generate(
+                input_ids=src,
+                attention_mask=(src != PAD_ID).long(),
+                num_beams=beam,
+                do_sample=False,
+                min_new_tokens=DECODE_LENGTH,
+                max_new_tokens=DECODE_LENGTH,
+                use_cache=True,
+            )
+        sentences += src.size(0)
+    return {"sentences_per_s": sentences / (time.perf_counter() - start)}
+
+
+def run_worker(args: argparse.Namespace, data: Path, impl: str, task: str) -> dict[str, float]:
+    command = [sys.executable, os.path.abspath(__file__), "--worker", task, "--impl", impl,
+               "--data", str(data), "--threads", str(args.threads), "--steps", str(args.steps),
+               "--warmup", str(args.warmup)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"error: the {impl} {task} run failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def has_transformers() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; best kept")
+    parser.add_argument("--no-decoding", action="store_true", help="training rows only")
+    parser.add_argument("--sentences", type=int, default=256, help="sentences to decode")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.worker:
+        if args.worker == "train":
+            result = measure_training(args.impl, args.data, args.steps, args.warmup)
+        else:
+            result = measure_decoding(args.impl, args.data, int(args.worker.split("-")[1]))
+        print(json.dumps(result))
+        return 0
+    impls = IMPLEMENTATIONS if has_transformers() else ("ours",)
+    if len(impls) == 1:
+        print("note: transformers is not installed (pip install -e '.[bench]'): our rows only")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        training, decoding, where = make_data(
+            args.steps + args.warmup, args.sentences, data / "tokenizer"
+        )
+        torch.save(training, data / "training.pt")
+        torch.save(decoding, data / "decoding.pt")
+        tokens = sum(int((b[2] != PAD_ID).sum()) for b in training) / len(training)
+        print(f"data: {where}; {len(training)} batches of ~{tokens:,.0f} target tokens; "
+              f"{args.threads} thread(s); CPU: {cpu_name()}")  # fmt: skip
+        tasks = ["train"] + ([] if args.no_decoding else ["decode-1", "decode-5"])
+        best: dict[tuple[str, str], dict[str, float]] = {}
+        for round_index in range(args.rounds):
+            for task in tasks:
+                order = impls if round_index % 2 == 0 else impls[::-1]
+                for impl in order:
+                    result = run_worker(args, data, impl, task)
+                    key, metric = (impl, task), next(iter(result))
+                    if key not in best or result[metric] > best[key][metric]:
+                        best[key] = result
+    print(f"\n{'row':<28} {'ours':>12} {'MarianMT':>12} {'ours/Marian':>12}")
+    rows = [("training target tok/s", "train", "tokens_per_s"),
+            ("training peak MiB", "train", "memory_mib")]  # fmt: skip
+    if not args.no_decoding:
+        rows += [("greedy sentences/s", "decode-1", "sentences_per_s"),
+                 ("beam 5 sentences/s", "decode-5", "sentences_per_s")]  # fmt: skip
+    for label, task, metric in rows:
+        ours = best[("ours", task)][metric]
+        if len(impls) == 1:
+            print(f"{label:<28} {ours:>12,.0f}")
+            continue
+        theirs = best[("marian", task)][metric]
+        print(f"{label:<28} {ours:>12,.0f} {theirs:>12,.0f} {ours / theirs:>11.2f}x")
+    if len(impls) == 2:
+        ratio = best[("ours", "train")]["tokens_per_s"] / best[("marian", "train")]["tokens_per_s"]
+        print(f"training ours/MarianMT: {ratio:.2f}×")
+    return 0
+
+
+def cpu_name() -> str:
+    """The CPU's model name and whether it has AVX-512 (with bf16) or only AVX2."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                 if line.startswith("model name")), "unknown")  # fmt: skip
+    flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
+    simd = "AVX-512 + bf16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags else (
+        "AVX2" if "avx2" in flags else "no AVX2")  # fmt: skip
+    return f"{name} ({simd})"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""scripts/benchmark_peers.py: our model and MarianMTModel get the same shape and batches."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_peers.py"
+
+
+def load() -> object:
+    spec = importlib.util.spec_from_file_location("benchmark_peers", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_padded_batch_shifts_the_target_behind_bos() -> None:
+    peers = load()
+    src, tgt_in, tgt_out = peers.padded_batch([[5, 6, 3], [7, 3]], [[8, 9, 3], [10, 3]])
+    assert src.tolist() == [[5, 6, 3], [7, 3, 0]]
+    assert tgt_out.tolist() == [[8, 9, 3], [10, 3, 0]]
+    assert tgt_in.tolist() == [[2, 8, 9], [2, 10, 0]]
+
+
+def test_both_models_have_the_same_outputs_shape_and_the_same_trainable_parameters() -> None:
+    pytest.importorskip("transformers")
+    peers = load()
+    ours, marian = peers.our_model(), peers.marian_model()
+    src, tgt_in, _ = peers.padded_batch([[5, 6, 3]], [[8, 9, 3]])
+    with torch.no_grad():
+        assert peers.logits_of("ours", ours.eval(), src, tgt_in).shape == (1, 3, peers.VOCAB)
+        assert peers.logits_of("marian", marian.eval(), src, tgt_in).shape == (1, 3, peers.VOCAB)
+    count = lambda model: sum(p.numel() for p in model.parameters() if p.requires_grad)  # noqa: E731
+    assert count(ours) == count(marian)  # Marian's sinusoidal positions are frozen, as ours
+
+
+@pytest.mark.slow
+def test_the_script_prints_its_table_and_the_ratio_line() -> None:
+    pytest.importorskip("transformers")
+    command = [sys.executable, str(SCRIPT), "--steps", "1", "--warmup", "0", "--rounds", "1",
+               "--sentences", "64"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1].startswith("training ours/MarianMT: ")
