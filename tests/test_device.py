@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transformer.device import DeviceError, autocast_dtype, resolve_device
+import transformer.device as device_module
+from transformer.device import (
+    DeviceError,
+    autocast_dtype,
+    cpu_has_native_bf16,
+    decoding_dtype,
+    resolve_device,
+)
 from transformer.errors import UserError
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -55,10 +62,49 @@ def test_device_errors_are_user_errors() -> None:
         resolve_device("gpu")
 
 
-def test_autocast_dtype_is_none_for_fp32_and_off_cuda() -> None:
+AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "native"),
+    [(AVX512_BF16, True), (AVX2_ONLY, False), ("flags : amx_bf16 amx_tile\n", True), ("", False)],
+)
+def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo: str, native: bool) -> None:
+    assert cpu_has_native_bf16(cpuinfo) is native
+
+
+def test_autocast_dtype_is_none_for_fp32_and_for_fp16_off_cuda() -> None:
     assert autocast_dtype("fp32", torch.device("cuda")) is None
-    assert autocast_dtype("bf16", torch.device("cpu")) is None
+    assert autocast_dtype("fp32", torch.device("cpu")) is None
     assert autocast_dtype("fp16", torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, None)])
+def test_bf16_on_a_cpu_follows_its_native_bf16_support(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    native: bool,
+    expected: torch.dtype | None,
+) -> None:
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native)
+    with caplog.at_level("WARNING", logger="transformer.device"):
+        assert autocast_dtype("bf16", torch.device("cpu")) is expected
+    warned = [r.getMessage() for r in caplog.records]
+    if native:
+        assert not warned
+    else:
+        assert len(warned) == 1 and "fp32 instead" in warned[0] and "AVX512-BF16" in warned[0]
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, torch.float32)])
+def test_bfloat16_decoding_on_a_cpu_follows_its_native_bf16_support(
+    monkeypatch: pytest.MonkeyPatch, native: bool, expected: torch.dtype
+) -> None:
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native)
+    assert decoding_dtype(torch.bfloat16, torch.device("cpu")) is expected
+    assert decoding_dtype(torch.float32, torch.device("cpu")) is torch.float32
+    assert decoding_dtype(torch.bfloat16, torch.device("cuda")) is torch.bfloat16
 
 
 def test_autocast_dtype_on_cuda_follows_the_precision() -> None:

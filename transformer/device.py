@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import torch
 
 from transformer.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+CPUINFO = Path("/proc/cpuinfo")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions that compute with bfloat16
 
 
 class DeviceError(UserError, ValueError):
@@ -51,15 +59,53 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX-BF16).
+
+    Elsewhere (AVX2, or no /proc/cpuinfo) PyTorch emulates bfloat16 in fp32 arithmetic,
+    which is slower than fp32 itself. `cpuinfo` is the text of /proc/cpuinfo (read if None).
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = CPUINFO.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+    words = set(flags.split(":", 1)[-1].split())
+    return any(flag in words for flag in BF16_FLAGS)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `precision` ("fp32", "bf16", "fp16") on `device`, None for fp32.
 
-    Half precision is a CUDA feature here; on other devices training runs in fp32.
+    CUDA: bf16 or fp16 as asked. CPU: bf16 where the CPU has native bfloat16 instructions
+    (`cpu_has_native_bf16`); otherwise, and for fp16, fp32 with a warning that says why.
     """
-    if precision == "fp32" or device.type != "cuda":
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    if precision == "fp32":
         return None
-    if precision == "bf16":
+    if device.type == "cuda":
+        return torch.bfloat16 if precision == "bf16" else torch.float16
+    if device.type == "cpu" and precision == "bf16" and cpu_has_native_bf16():
         return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    reason = (
+        "this CPU has no native bfloat16 instructions (AVX512-BF16 or AMX), so bf16 would be "
+        "emulated and slower than fp32"
+        if device.type == "cpu" and precision == "bf16"
+        else f"{precision} mixed precision is for CUDA here"
+    )
+    logger.warning("training.precision %s: training in fp32 instead: %s", precision, reason)
+    return None
+
+
+def decoding_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The weights' dtype for decoding: bfloat16 on a CPU without native bfloat16 instructions
+    falls back to float32 (with a warning), since it would be slower there."""
+    if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
+        logger.warning(
+            "--dtype bfloat16: decoding in float32 instead: this CPU has no native bfloat16 "
+            "instructions (AVX512-BF16 or AMX), so bfloat16 would be emulated and slower"
+        )
+        return torch.float32
+    return dtype
