@@ -170,8 +170,18 @@ class EncoderLayer(nn.Module):
 
 class DecoderLayer(nn.Module):
     """One decoder layer: masked self-attention, cross-attention over the encoder output, then
-    the feed-forward network, each with Add & Norm. Rotary positions (if any) apply to the
-    self-attention only: the source and the target positions are not comparable."""
+    the feed-forward network, each with Add & Norm.
+
+    Cross-attention takes its queries from the decoder and its keys and values from the
+    encoder output m (the memory):
+
+        CrossAttention(y, m) = Concat(head_1, ..., head_h) W^O,
+        head_i = softmax((y W_i^Q)(m W_i^K)ᵀ / √d_k) (m W_i^V)
+
+    with y (N, T, D) and m (B, S, D): the weights are (N, H, T, S), each target position's
+    view of the source pieces. Rotary positions (if any) apply to the self-attention only:
+    source and target positions are not comparable.
+    """
 
     def __init__(
         self,
