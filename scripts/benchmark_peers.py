@@ -43,10 +43,10 @@ from torch import Tensor, nn
 
 from transformer.batching import TokenBatchSampler
 from transformer.config import ModelConfig
+from transformer.loss import label_smoothed_loss
 from transformer.model import Transformer
 from transformer.search import beam_search, greedy_search
 from transformer.special_ids import BOS_ID, EOS_ID, PAD_ID
-from transformer.training import label_smoothed_loss
 
 REPO = Path(__file__).resolve().parents[1]
 MULTI30K = REPO.parent / "shared" / "data" / "multi30k"

@@ -57,10 +57,11 @@ from transformer.config import Config, load_config
 from transformer.data import EncodedCorpus
 from transformer.device import autocast_dtype, resolve_device
 from transformer.distributed import DistributedContext
+from transformer.loss import label_smoothed_loss
 from transformer.model import Transformer
 from transformer.run import PreparedData, build_model, prepare_data, resolve_model_config
 from transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerPair
-from transformer.training import Trainer, ValidationResult, label_smoothed_loss
+from transformer.training import Trainer, ValidationResult
 
 KINDS = ("pipeline", "bare step")
 DEFAULT_CONFIG = Path("configs/multi30k_en_de.yaml")

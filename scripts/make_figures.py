@@ -32,10 +32,10 @@ from transformer.attention_plots import attention_figure, figure_class, heatmap,
 from transformer.checkpoint import atomic_write_bytes
 from transformer.cli.common import run_command, setup_logging
 from transformer.explain import explain
+from transformer.loss import label_smoothed_loss
 from transformer.model.attention import causal_mask, padding_mask
 from transformer.model.positions import RotaryPositionalEncoding, rotary_angles, sinusoidal_table
 from transformer.schedule import noam_lr
-from transformer.training import label_smoothed_loss
 from transformer.translator import Translator
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -34,26 +33,13 @@ from transformer.device import autocast_dtype
 from transformer.distributed import DistributedContext
 from transformer.errors import UserError
 from transformer.evaluate import corpus_scores
+from transformer.loss import label_smoothed_loss
 from transformer.model import Transformer
 from transformer.schedule import learning_rate
 from transformer.search import greedy_search
 from transformer.tokenizer import PAD_ID, TokenizerPair
 
 logger = logging.getLogger(__name__)
-
-
-def label_smoothed_loss(logits: Tensor, target: Tensor, smoothing: float, pad_id: int) -> Tensor:
-    """Summed cross-entropy against (1 - ε)·one-hot + ε/V, padding positions ignored.
-
-    logits (B, T, V), target (B, T) -> scalar (a sum: callers divide by the token count).
-    """
-    return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(),  # (B·T, V)
-        target.reshape(-1),  # (B·T,)
-        ignore_index=pad_id,
-        label_smoothing=smoothing,
-        reduction="sum",
-    )
 
 
 @dataclass
