@@ -196,7 +196,7 @@ def test_the_walk_follows_the_modern_switches_too(tmp_path: Path) -> None:
     )
     explanation = explain(Translator.from_run(run, device="cpu"), "how are you")
     text = format_trace(explanation)
-    for switch in ("RMSNorm", "SwiGLU", "RoPE", "1 heads shared by groups", "no positions added"):
+    for switch in ("RMSNorm", "SwiGLU", "RoPE", "1 heads shared by groups", "(no positions added)"):
         assert switch in text
     data = explanation.to_json()
     assert torch.tensor(data["cross"]).shape[1] == 2  # maps per query head, not per K/V head

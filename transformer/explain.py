@@ -185,8 +185,8 @@ def _walk_encoder(
     root = math.sqrt(x.size(-1))
     trace("embeddings × √d_model", x, f"√{x.size(-1)} = {root:.2f}; {_values(x[0, 0])}", 1)
     if encoder.positional is None:  # rope: the positions rotate Q and K in each self-attention
-        trace("(no positions added: rotary positions turn Q and K in each self-attention)",
-              depth=1)  # fmt: skip
+        note = "rotary positions turn Q and K in each self-attention"
+        trace("(no positions added)", None, note, depth=1)
     else:
         x = encoder.positional(x)  # (1, S, D)
         trace("+ positional encoding", x, _values(x[0, 0]), depth=1)
@@ -202,7 +202,7 @@ def _walk_encoder(
         trace("Add & Norm", x, _add_norm_formula(layer.ff_sublayer))
     if encoder.final_norm is not None:
         x = encoder.final_norm(x)
-        trace("final LayerNorm (pre-norm)", x, depth=1)
+        trace(f"final {type(encoder.final_norm).__name__} (pre-norm)", x, depth=1)
     trace("memory: the encoder output, read by every decoder layer", x, _values(x[0, 0]), 1)
     _check_same("the encoder walk", x, model.encode(src, src_mask))
     return x

@@ -23,6 +23,7 @@ from transformer.attention_plots import MissingExtraError, write_attention_figur
 from transformer.checkpoint import atomic_write_bytes
 from transformer.cli.common import run_command, setup_logging
 from transformer.cli.translate import DTYPES
+from transformer.config import DecodingConfig
 from transformer.errors import UserError
 from transformer.explain import Explanation, Stage, explain, slug
 from transformer.translator import Translator
@@ -97,6 +98,24 @@ def write_explanation(explanation: Explanation, directory: Path) -> list[Path]:
     except OSError as error:
         raise UserError(f"cannot write the heatmaps into {directory}: {error.strerror}") from None
     return written
+
+
+MAX_ATTENTION_LINES = 100  # transformer-translate --attention: one folder of files per line
+
+
+def explain_lines(
+    translator: Translator, lines: list[str], decoding: DecodingConfig, directory: Path
+) -> int:
+    """`transformer-translate --attention DIR`: each non-empty line's attention.json and
+    heatmaps into DIR/line_0001/, DIR/line_0002/, ... (numbered as the input lines);
+    returns how many lines were explained."""
+    explained = 0
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            explanation = explain(translator, line, dataclasses.replace(decoding, nbest=1))
+            write_explanation(explanation, directory / f"line_{number:04d}")
+            explained += 1
+    return explained
 
 
 def _main(argv: list[str] | None) -> int:
