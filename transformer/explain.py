@@ -86,7 +86,9 @@ class Explanation:
 
 def _nested(weights: Tensor) -> list[Any]:
     """(L, H, Tq, Tk) -> nested lists of floats rounded to `_DIGITS` decimals."""
-    return weights.float().mul(10**_DIGITS).round().div(10**_DIGITS).tolist()
+    return (
+        weights.double().mul(10**_DIGITS).round().div(10**_DIGITS).tolist()
+    )  # 0.03229, not 0.032290000468
 
 
 @torch.inference_mode()
