@@ -1,0 +1,201 @@
+"""Concurrent requests decoded together: a short collection window, then token-budget groups.
+
+Each request becomes a `_Job` (its lines, their source tokens, its decoding settings, a
+future) in a queue on the event loop. A dispatcher takes the oldest job, waits at most
+`window_s` after that job arrived for others (not at all when enough are already waiting),
+and gathers the waiting jobs with the same decoding settings up to `max_tokens` source
+tokens. The group goes to `Translator.translate` (the search code of transformer-translate)
+in a worker thread, off the event loop, and each job gets back its own lines'
+translations, in order. `workers` groups are decoded at once: while one group decodes, the
+next one gathers what arrives meanwhile, so a busy server decodes large batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+from transformer.config import DecodingConfig
+from transformer.translator import Translation, Translator
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Job:
+    """One request's lines, waiting to be decoded with its decoding settings."""
+
+    lines: list[str]
+    tokens: int
+    decoding: DecodingConfig
+    arrived: float
+    future: asyncio.Future[list[list[Translation]]]
+
+
+@dataclass
+class BatchStats:
+    """What the batcher has done so far: groups decoded, and the sentences in them."""
+
+    groups: int = 0
+    sentences: int = 0
+    largest_group: int = 0
+
+    def count(self, sentences: int) -> None:
+        """Record one decoded group of `sentences` sentences."""
+        self.groups += 1
+        self.sentences += sentences
+        self.largest_group = max(self.largest_group, sentences)
+
+
+class Batcher:
+    """Gathers concurrent translation requests into groups and decodes them off the event loop.
+
+    `start` and `stop` run on the server's event loop (its lifespan); `translate` is what a
+    request awaits.
+    """
+
+    def __init__(
+        self, translator: Translator, max_tokens: int, window_s: float = 0.005, workers: int = 1
+    ) -> None:
+        self.translator = translator
+        self.max_tokens = max_tokens
+        self.window_s = window_s
+        self.workers = workers
+        self.stats = BatchStats()
+        self._waiting: deque[_Job] = deque()
+        self._arrived: asyncio.Event | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._decoding: set[asyncio.Task[None]] = set()
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a decoding slot."""
+        return len(self._waiting)
+
+    async def start(self) -> None:
+        """Start the worker threads and the dispatcher (on the running event loop)."""
+        self._arrived = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.workers)
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="batcher")
+
+    async def stop(self) -> None:
+        """Stop gathering, let the groups being decoded finish, fail the waiting requests."""
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            await asyncio.gather(self._dispatcher, return_exceptions=True)
+        await asyncio.gather(*self._decoding, return_exceptions=True)
+        while self._waiting:
+            job = self._waiting.popleft()
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("the server is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def translate(
+        self, lines: Sequence[str], tokens: int, decoding: DecodingConfig
+    ) -> list[list[Translation]]:
+        """Translate `lines` (`tokens` source tokens in all) together with other requests."""
+        if self._arrived is None:
+            raise RuntimeError("the batcher is not running: call start() (the app's lifespan)")
+        loop = asyncio.get_running_loop()
+        job = _Job(list(lines), tokens, decoding, loop.time(), loop.create_future())
+        self._waiting.append(job)
+        self._arrived.set()
+        return await job.future
+
+    async def run(self, function: Callable[..., T], *args: object) -> T:
+        """Run other model work (an explanation) in the decoding threads, off the event loop."""
+        if self._executor is None:
+            raise RuntimeError("the batcher is not running: call start() (the app's lifespan)")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    async def _dispatch(self) -> None:
+        """Forever: wait for a free slot, gather a group, decode it in the background."""
+        assert self._slots is not None
+        while True:
+            await self._slots.acquire()
+            try:
+                group = await self._gather()
+            except BaseException:
+                self._slots.release()
+                raise
+            task = asyncio.create_task(self._decode(group))
+            self._decoding.add(task)
+            task.add_done_callback(self._decoding.discard)
+
+    async def _gather(self) -> list[_Job]:
+        """The oldest waiting job and those that can join it, within the window."""
+        assert self._arrived is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            self._drop_abandoned()
+            if self._waiting:
+                break
+            self._arrived.clear()
+            await self._arrived.wait()
+        first = self._waiting.popleft()
+        group, tokens = [first], first.tokens
+        deadline = first.arrived + self.window_s
+        while tokens < self.max_tokens:
+            tokens = self._take_matching(group, tokens)
+            remaining = deadline - loop.time()
+            if tokens >= self.max_tokens or remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                self._take_matching(group, tokens)
+                break
+        return group
+
+    def _take_matching(self, group: list[_Job], tokens: int) -> int:
+        """Move waiting jobs with the group's decoding settings that fit the budget into it."""
+        decoding, kept = group[0].decoding, deque()
+        while self._waiting:
+            job = self._waiting.popleft()
+            if job.future.done():
+                continue  # its client went away
+            if job.decoding == decoding and tokens + job.tokens <= self.max_tokens:
+                group.append(job)
+                tokens += job.tokens
+            else:
+                kept.append(job)
+        self._waiting = kept
+        return tokens
+
+    def _drop_abandoned(self) -> None:
+        """Forget waiting jobs whose request was cancelled (the client disconnected)."""
+        self._waiting = deque(job for job in self._waiting if not job.future.done())
+
+    async def _decode(self, group: list[_Job]) -> None:
+        """Translate a group's lines in a worker thread, then answer each of its jobs."""
+        assert self._slots is not None
+        lines = [line for job in group for line in job.lines]
+        try:
+            results = await self.run(self.translator.translate, lines, group[0].decoding)
+        except Exception as error:  # every request of the group learns it
+            logger.error("decoding a group of %d sentences failed: %s", len(lines), error)
+            for job in group:
+                if not job.future.done():
+                    job.future.set_exception(error)
+        else:
+            self.stats.count(len(lines))
+            start = 0
+            for job in group:
+                end = start + len(job.lines)
+                if not job.future.done():
+                    job.future.set_result(results[start:end])
+                start = end
+        finally:
+            self._slots.release()
