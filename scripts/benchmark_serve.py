@@ -4,15 +4,17 @@ Starts `transformer-serve --run RUN` on a free 127.0.0.1 port, sends `--requests
 /translate requests of one sentence each from `--clients` concurrent clients (each a
 keep-alive HTTP/1.1 connection that sends its next request when the last one is answered),
 and measures throughput (sentences/s from the first request sent to the last answer) and the
-latency of each request (p50, p95, p99). Then it translates the same sentences in one run of
-`transformer-translate --input FILE`, timed from outside, less the time of the same command
-on one sentence (its start-up: Python, torch, the model), and prints the ratio of the two
-throughputs and how many translations are identical. Both use the run's decoding settings
-and the same search code. Everything stays on 127.0.0.1 and stops by itself: the load ends
-after `--requests`, and `--timeout` bounds the whole test.
+latency of each request (p50, p95, p99). Then transformer-translate translates the same
+sentences in a process of its own, as the command does with `--input FILE` (its option
+parser, loader, threads and decoding settings, the file in chunks of its CHUNK_LINES),
+timed inside that process after a warm-up, so that neither side counts its start-up. It
+prints the ratio of the two throughputs and how many translations are identical (the same
+search code decodes both). Everything stays on 127.0.0.1 and stops by itself: the load ends
+after `--requests`, and `--timeout` bounds each load.
 
     python scripts/benchmark_serve.py --run runs/toy                  # 1,000 requests, 32 clients
     python scripts/benchmark_serve.py --run runs/toy --requests 200 --clients 8
+    python scripts/benchmark_serve.py --run runs/toy --serve-option=--workers=1
 """
 
 from __future__ import annotations
@@ -193,19 +195,38 @@ def serve_load(args: argparse.Namespace, texts: list[str]) -> LoadResult:
     return LoadResult(latencies, answers, seconds, batches)
 
 
-def timed_translate(run: Path, texts: list[str], directory: Path) -> tuple[float, list[str]]:
-    """Wall seconds of `transformer-translate --input` on `texts`, and its output lines."""
-    source, output = directory / "source.txt", directory / "output.txt"
-    source.write_text("\n".join(texts) + "\n", encoding="utf-8")
-    command = [sys.executable, "-m", "transformer.cli.translate", "--run", str(run)]
-    start = time.perf_counter()
-    subprocess.run(
-        [*command, "--input", str(source), "--output", str(output)],
-        check=True,
-        stderr=subprocess.DEVNULL,
-        timeout=600,
-    )
-    return time.perf_counter() - start, output.read_text(encoding="utf-8").splitlines()
+# transformer-translate's batch path: its option parser, loader and decoding settings, and the
+# file translated in chunks of CHUNK_LINES as its --input loop does; timed after a warm-up.
+_BATCH = """
+import json, sys, time
+from transformer.cli.translate import (
+    CHUNK_LINES, build_parser, decoding_from_args, load_translator
+)
+args = build_parser().parse_args(["--run", sys.argv[1]])
+translator = load_translator(args)
+decoding = decoding_from_args(translator.config.decoding, args)
+with open(sys.argv[2], encoding="utf-8") as handle:
+    lines = handle.read().splitlines()
+translator.translate(lines[: int(sys.argv[3])], decoding)
+start = time.perf_counter()
+best = []
+for first in range(0, len(lines), CHUNK_LINES):
+    chunk = lines[first : first + CHUNK_LINES]
+    best += [nbest[0].text for nbest in translator.translate(chunk, decoding)]
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "translations": best}))
+"""
+
+
+def batch_translate(run: Path, texts: list[str], warm_up: int) -> tuple[float, list[str]]:
+    """Seconds for transformer-translate's batch translation of `texts`, and its output."""
+    with tempfile.TemporaryDirectory() as directory:
+        source = Path(directory) / "source.txt"
+        source.write_text("\n".join(texts) + "\n", encoding="utf-8")
+        command = [sys.executable, "-c", _BATCH, str(run), str(source), str(warm_up)]
+        done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
+    result = json.loads(done.stdout)
+    return result["seconds"], result["translations"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -221,12 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     texts = sentences(args.input, args.requests)
     deadline = time.monotonic() + args.timeout
     served = serve_load(args, texts)
-    with tempfile.TemporaryDirectory() as directory:
-        startup = min(timed_translate(args.run, texts[:1], Path(directory))[0] for _ in range(2))
-        whole, batch_lines = timed_translate(args.run, texts, Path(directory))
+    batch_seconds, batch_lines = batch_translate(args.run, texts, warm_up=args.clients)
     if time.monotonic() > deadline:
         print(f"note: the test took longer than --timeout {args.timeout:.0f} s")
-    batch_rate = len(texts) / max(whole - startup, 1e-9)
+    batch_rate = len(texts) / batch_seconds
     serve_rate = len(texts) / served.seconds
     ms = [latency * 1000 for latency in served.latencies]
     same = sum(a == b for a, b in zip(served.translations, batch_lines, strict=True))
@@ -242,12 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         f"| transformer-serve, {args.clients} clients | {serve_rate:.1f} | "
         f"{percentile(ms, 50):.0f} ms | {percentile(ms, 95):.0f} ms | {percentile(ms, 99):.0f} ms |"
     )
-    print(f"| transformer-translate, one run over the file | {batch_rate:.1f} | | | |")
+    print(f"| transformer-translate, all {len(texts)} at once | {batch_rate:.1f} | | | |")
     print()
     print(f"ratio serve / translate: {serve_rate / batch_rate:.2f}")
     print(
         f"server batches: {served.batches} ({len(texts) / max(served.batches, 1):.1f} sentences "
-        f"each); translate: {whole:.1f} s less {startup:.1f} s start-up"
+        f"each); serve {served.seconds:.1f} s, translate {batch_seconds:.1f} s"
     )
     print(f"identical translations: {same} of {len(texts)}")
     return 0

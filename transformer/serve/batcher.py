@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -182,6 +183,7 @@ class Batcher:
         """Translate a group's lines in a worker thread, then answer each of its jobs."""
         assert self._slots is not None
         lines = [line for job in group for line in job.lines]
+        start = time.perf_counter()
         try:
             results = await self.run(self.translator.translate, lines, group[0].decoding)
         except Exception as error:  # every request of the group learns it
@@ -191,6 +193,13 @@ class Batcher:
                     job.future.set_exception(error)
         else:
             self.stats.count(len(lines))
+            milliseconds = (time.perf_counter() - start) * 1000
+            logger.debug(
+                "decoded %d sentences of %d requests in %.0f ms",
+                len(lines),
+                len(group),
+                milliseconds,
+            )
             start = 0
             for job in group:
                 end = start + len(job.lines)

@@ -184,11 +184,10 @@ function draw() {
     tr.addEventListener("mouseenter", () => focusRow(q));
     body.append(tr);
   });
-  const caption = document.createElement("caption");
-  caption.textContent = view.axes;
   const head = document.createElement("thead");
   head.append(header);
-  table.replaceChildren(caption, head, body);
+  table.replaceChildren(head, body);
+  $("axes").textContent = view.axes;
   table.onmouseleave = () => focusRow(null);
 }
 
