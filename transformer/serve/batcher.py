@@ -1,13 +1,12 @@
 """Concurrent requests decoded together: a short collection window, then token-budget groups.
 
 Each request becomes a `_Job` (its lines, their source tokens, its decoding settings, a
-future) in a queue on the event loop. A dispatcher takes the oldest job, waits at most
-`window_s` after that job arrived for others (not at all when enough are already waiting),
-and gathers the waiting jobs with the same decoding settings up to `max_tokens` source
-tokens. The group goes to `Translator.translate` (the search code of transformer-translate)
-in a worker thread, off the event loop, and each job gets back its own lines'
-translations, in order. `workers` groups are decoded at once: while one group decodes, the
-next one gathers what arrives meanwhile, so a busy server decodes large batches.
+future) in a queue on the event loop. When a decoding slot is free, a dispatcher takes the
+oldest job, gathers the waiting jobs with the same decoding settings and those that arrive
+within `window_s`, up to `max_tokens` source tokens (no wait once that is reached), and
+hands the group to `Translator.translate` (the search code of transformer-translate) in a
+worker thread, off the event loop; each job gets back its own lines' translations, in
+order. `workers` groups are decoded at once: while one group decodes, the next one gathers.
 """
 
 from __future__ import annotations
@@ -146,7 +145,9 @@ class Batcher:
             await self._arrived.wait()
         first = self._waiting.popleft()
         group, tokens = [first], first.tokens
-        deadline = first.arrived + self.window_s
+        # The window opens when both a request and the slot are there: on a busy server the
+        # clients just answered send their next requests now, and they join this batch.
+        deadline = max(first.arrived, loop.time()) + self.window_s
         while tokens < self.max_tokens:
             tokens = self._take_matching(group, tokens)
             remaining = deadline - loop.time()
