@@ -7,10 +7,12 @@ and measures throughput (sentences/s from the first request sent to the last ans
 latency of each request (p50, p95, p99). Then transformer-translate translates the same
 sentences in a process of its own, as the command does with `--input FILE` (its option
 parser, loader, threads and decoding settings, the file in chunks of its CHUNK_LINES),
-timed inside that process after a warm-up, so that neither side counts its start-up. It
-prints the ratio of the two throughputs and how many translations are identical (the same
-search code decodes both). Everything stays on 127.0.0.1 and stops by itself: the load ends
-after `--requests`, and `--timeout` bounds each load.
+timed inside that process after a warm-up, so that neither side counts its start-up; and
+the same translator on groups of `--clients` sentences, one group at a time (no HTTP): the
+most that batching whole requests can reach with that many clients. It prints the ratios and
+how many translations are identical (the same search code decodes both). Everything stays on
+127.0.0.1 and stops by itself: the load ends after `--requests`, and `--timeout` bounds each
+load.
 
     python scripts/benchmark_serve.py --run runs/toy                  # 1,000 requests, 32 clients
     python scripts/benchmark_serve.py --run runs/toy --requests 200 --clients 8
@@ -197,6 +199,8 @@ def serve_load(args: argparse.Namespace, texts: list[str]) -> LoadResult:
 
 # transformer-translate's batch path: its option parser, loader and decoding settings, and the
 # file translated in chunks of CHUNK_LINES as its --input loop does; timed after a warm-up.
+# Then the same translator on groups of as many sentences as there are clients, one group at
+# a time: the most that batching whole requests can reach at that concurrency.
 _BATCH = """
 import json, sys, time
 from transformer.cli.translate import (
@@ -207,26 +211,41 @@ translator = load_translator(args)
 decoding = decoding_from_args(translator.config.decoding, args)
 with open(sys.argv[2], encoding="utf-8") as handle:
     lines = handle.read().splitlines()
-translator.translate(lines[: int(sys.argv[3])], decoding)
+size = int(sys.argv[3])
+translator.translate(lines[:size], decoding)
 start = time.perf_counter()
 best = []
 for first in range(0, len(lines), CHUNK_LINES):
     chunk = lines[first : first + CHUNK_LINES]
     best += [nbest[0].text for nbest in translator.translate(chunk, decoding)]
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "translations": best}))
+groups = [lines[first : first + size] for first in range(0, len(lines), size)]
+start = time.perf_counter()
+for group in groups:
+    translator.translate(group, decoding)
+grouped = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "grouped": grouped, "translations": best}))
 """
 
 
-def batch_translate(run: Path, texts: list[str], warm_up: int) -> tuple[float, list[str]]:
-    """Seconds for transformer-translate's batch translation of `texts`, and its output."""
+@dataclass
+class BatchResult:
+    """transformer-translate's time for all the sentences, for them in groups, its output."""
+
+    seconds: float
+    grouped_seconds: float
+    translations: list[str]
+
+
+def batch_translate(run: Path, texts: list[str], group: int) -> BatchResult:
+    """transformer-translate's batch translation of `texts`, and of groups of `group` of them."""
     with tempfile.TemporaryDirectory() as directory:
         source = Path(directory) / "source.txt"
         source.write_text("\n".join(texts) + "\n", encoding="utf-8")
-        command = [sys.executable, "-c", _BATCH, str(run), str(source), str(warm_up)]
+        command = [sys.executable, "-c", _BATCH, str(run), str(source), str(group)]
         done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
     result = json.loads(done.stdout)
-    return result["seconds"], result["translations"]
+    return BatchResult(result["seconds"], result["grouped"], result["translations"])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -242,13 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     texts = sentences(args.input, args.requests)
     deadline = time.monotonic() + args.timeout
     served = serve_load(args, texts)
-    batch_seconds, batch_lines = batch_translate(args.run, texts, warm_up=args.clients)
+    batch = batch_translate(args.run, texts, group=args.clients)
     if time.monotonic() > deadline:
         print(f"note: the test took longer than --timeout {args.timeout:.0f} s")
-    batch_rate = len(texts) / batch_seconds
+    batch_rate = len(texts) / batch.seconds
     serve_rate = len(texts) / served.seconds
     ms = [latency * 1000 for latency in served.latencies]
-    same = sum(a == b for a, b in zip(served.translations, batch_lines, strict=True))
+    same = sum(a == b for a, b in zip(served.translations, batch.translations, strict=True))
     print(f"CPU: {cpu_name()}")
     print(
         f"{len(texts)} requests of one sentence ({args.input.name}, cycled), {args.clients} "
@@ -262,11 +281,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{percentile(ms, 50):.0f} ms | {percentile(ms, 95):.0f} ms | {percentile(ms, 99):.0f} ms |"
     )
     print(f"| transformer-translate, all {len(texts)} at once | {batch_rate:.1f} | | | |")
+    grouped_rate = len(texts) / batch.grouped_seconds
+    print(f"| its translator on groups of {args.clients}, no HTTP | {grouped_rate:.1f} | | | |")
     print()
     print(f"ratio serve / translate: {serve_rate / batch_rate:.2f}")
+    print(f"ratio groups of {args.clients} / translate: {grouped_rate / batch_rate:.2f}")
     print(
         f"server batches: {served.batches} ({len(texts) / max(served.batches, 1):.1f} sentences "
-        f"each); serve {served.seconds:.1f} s, translate {batch_seconds:.1f} s"
+        f"each); serve {served.seconds:.1f} s, translate {batch.seconds:.1f} s"
     )
     print(f"identical translations: {same} of {len(texts)}")
     return 0

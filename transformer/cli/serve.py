@@ -19,11 +19,15 @@ import logging
 import socket
 from pathlib import Path
 
+import torch
+
 from transformer.checkpoint import resolve_checkpoint
 from transformer.cli.common import run_command, setup_logging
-from transformer.cli.translate import DTYPES, load_translator
+from transformer.cli.translate import DTYPES
+from transformer.device import resolve_device
 from transformer.errors import UserError
 from transformer.serve.settings import ServeSettings
+from transformer.translator import Translator
 
 logger = logging.getLogger("transformer.cli.serve")
 
@@ -70,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers",
         type=int,
+        default=ServeSettings.workers,
         metavar="N",
-        help="batches decoded at once, as transformer-translate's --workers (default: 2 on a CPU)",
+        help="batches decoded at once, each in its own thread (default: %(default)s); on a CPU "
+        "they share all cores but one, which is left to the HTTP server",
     )
     for name, meaning in LIMITS.items():
         parser.add_argument(
@@ -117,6 +123,15 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def load_translator(args: argparse.Namespace) -> Translator:
+    """The run's Translator. On a CPU the decoding threads share all cores but one: the HTTP
+    server needs one, and torch threads that wait for a busy core slow down many times over."""
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, (torch.get_num_threads() - 1) // args.workers))
+    return Translator.from_run(args.run, args.checkpoint, device, DTYPES[args.dtype])
+
+
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
@@ -125,17 +140,16 @@ def _main(argv: list[str] | None) -> int:
 
     from transformer.serve.app import create_app
 
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers must be >= 1 (got {args.workers})")
     limits = {
-        name: getattr(args, name) for name in [*LIMITS, "max_batch_tokens", "batch_window_ms"]
+        name: getattr(args, name)
+        for name in [*LIMITS, "max_batch_tokens", "batch_window_ms", "workers"]
     }
     ServeSettings(**limits)  # refuse impossible limits before anything slow
     sock = listen(args.host, args.port)
     try:
-        translator = load_translator(args)  # as transformer-translate: CPU threads shared out
+        translator = load_translator(args)
         checkpoint = str(resolve_checkpoint(args.run, args.checkpoint))
-        settings = ServeSettings(**limits, workers=translator.workers, checkpoint=checkpoint)
+        settings = ServeSettings(**limits, checkpoint=checkpoint)
         app = create_app(translator, settings)
         host, port = sock.getsockname()[:2]
         if not ipaddress.ip_address(host).is_loopback:
