@@ -2,11 +2,13 @@
 
 Each request becomes a `_Job` (its lines, their source tokens, its decoding settings, a
 future) in a queue on the event loop. When a decoding slot is free, a dispatcher takes the
-oldest job, gathers the waiting jobs with the same decoding settings and those that arrive
-within `window_s`, up to `max_tokens` source tokens (no wait once that is reached), and
-hands the group to `Translator.translate` (the search code of transformer-translate) in a
-worker thread, off the event loop; each job gets back its own lines' translations, in
-order. `workers` groups are decoded at once: while one group decodes, the next one gathers.
+oldest job and gathers the jobs with the same decoding settings that are waiting or arrive
+while requests keep coming (until none has come for `window_s`, and first until as many
+requests are there as the last batch had: on a busy server those clients send their next
+requests right after their answers), at most `MAX_WINDOWS` windows and `max_tokens` source
+tokens. The group goes to `Translator.translate` (the search code of transformer-translate)
+in a worker thread, off the event loop; each job gets back its own lines' translations, in
+order. `workers` groups are decoded at once (while one group decodes, the next gathers).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from transformer.translator import Translation, Translator
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+MAX_WINDOWS = 10  # the longest a batch gathers, in collection windows
 
 
 @dataclass
@@ -70,6 +73,7 @@ class Batcher:
         self.workers = workers
         self.stats = BatchStats()
         self._waiting: deque[_Job] = deque()
+        self._last_group = 0  # requests in the last batch gathered
         self._arrived: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -145,20 +149,24 @@ class Batcher:
             await self._arrived.wait()
         first = self._waiting.popleft()
         group, tokens = [first], first.tokens
-        # The window opens when both a request and the slot are there: on a busy server the
-        # clients just answered send their next requests now, and they join this batch.
-        deadline = max(first.arrived, loop.time()) + self.window_s
-        while tokens < self.max_tokens:
+        # Gather while requests keep coming: on a busy server the clients just answered send
+        # their next requests one after another. Until as many requests as the last batch had
+        # are here (their clients are likely to be back), wait for them; after that, stop when
+        # none came for a window. At most MAX_WINDOWS windows, and never past the budget.
+        latest = loop.time() + self.window_s * MAX_WINDOWS
+        while True:
             tokens = self._take_matching(group, tokens)
-            remaining = deadline - loop.time()
-            if tokens >= self.max_tokens or remaining <= 0:
+            now = loop.time()
+            if tokens >= self.max_tokens or now >= latest:
                 break
+            wait = self.window_s if len(group) >= self._last_group else latest - now
             self._arrived.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+                await asyncio.wait_for(self._arrived.wait(), min(wait, latest - now))
             except asyncio.TimeoutError:
                 self._take_matching(group, tokens)
                 break
+        self._last_group = len(group)
         return group
 
     def _take_matching(self, group: list[_Job], tokens: int) -> int:
