@@ -38,7 +38,6 @@ class _Job:
     lines: list[str]
     tokens: int
     decoding: DecodingConfig
-    arrived: float
     future: asyncio.Future[list[list[Translation]]]
 
 
@@ -65,7 +64,7 @@ class Batcher:
     """
 
     def __init__(
-        self, translator: Translator, max_tokens: int, window_s: float = 0.005, workers: int = 1
+        self, translator: Translator, max_tokens: int, window_s: float, workers: int
     ) -> None:
         self.translator = translator
         self.max_tokens = max_tokens
@@ -112,7 +111,7 @@ class Batcher:
         if self._arrived is None:
             raise RuntimeError("the batcher is not running: call start() (the app's lifespan)")
         loop = asyncio.get_running_loop()
-        job = _Job(list(lines), tokens, decoding, loop.time(), loop.create_future())
+        job = _Job(list(lines), tokens, decoding, loop.create_future())
         self._waiting.append(job)
         self._arrived.set()
         return await job.future
