@@ -10,6 +10,7 @@ COMMANDS = {
     "transformer-evaluate": "translate a test set and score it with sacreBLEU (BLEU, chrF)",
     "transformer-average": "average the parameters of several checkpoints",
     "transformer-explain": "follow a sentence through a trained model: shapes and attention",
+    "transformer-serve": "serve a trained run: a JSON API and a page that shows its attention",
 }
 
 

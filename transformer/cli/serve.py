@@ -1,0 +1,175 @@
+"""`transformer-serve`: a trained run behind an HTTP address: a JSON API and a page.
+
+Examples::
+
+    transformer-serve --run runs/toy                     # http://127.0.0.1:8000/
+    transformer-serve --run runs/toy --port 8080 --checkpoint averaged --max-batch-tokens 2000
+
+The page at / translates a sentence and draws its attention; the API (POST /translate,
+POST /explain, GET /info, GET /health) is documented at /docs. It listens on localhost
+unless --host says otherwise. Needs the `serve` extra: pip install -e '.[serve]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import logging
+import socket
+from pathlib import Path
+
+import torch
+
+from transformer.checkpoint import resolve_checkpoint
+from transformer.cli.common import run_command, setup_logging
+from transformer.cli.translate import DTYPES
+from transformer.device import resolve_device
+from transformer.errors import UserError
+from transformer.serve.settings import ServeSettings
+from transformer.translator import Translator
+
+logger = logging.getLogger("transformer.cli.serve")
+
+EXTRA = "pip install -e '.[serve]' (or pip install 'transformer[serve]')"
+LIMITS = {  # ServeSettings fields, each an option
+    "max_texts": "texts in one request",
+    "max_request_bytes": "bytes in a request body",
+    "max_beam_size": "the largest beam_size a request may ask for",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options of transformer-serve."""
+    parser = argparse.ArgumentParser(
+        prog="transformer-serve",
+        description="Serve a trained run: a JSON API (POST /translate, POST /explain, "
+        "GET /info, GET /health; documented at /docs) and a page at / that shows the "
+        "translation and its attention.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--run", required=True, type=Path, help="the run directory")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, local)"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any)")
+    parser.add_argument(
+        "--checkpoint", default="best", help="best, last, averaged, or a path (default: best)"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        metavar="N",
+        help="source tokens decoded together (default: the run's decoding.batch_tokens)",
+    )
+    parser.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=ServeSettings.batch_window_ms,
+        metavar="MS",
+        help="how long a request waits for others to share its batch (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=ServeSettings.workers,
+        metavar="N",
+        help="batches decoded at once, each in its own thread (default: %(default)s); on a CPU "
+        "they share all cores but one, which is left to the HTTP server",
+    )
+    for name, meaning in LIMITS.items():
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=int,
+            default=getattr(ServeSettings, name),
+            metavar="N",
+            help=f"{meaning} (default: %(default)s)",
+        )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, access log")
+    return parser
+
+
+def require_extra() -> None:
+    """Refuse, in one line, to start without FastAPI and uvicorn."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as error:
+        raise UserError(
+            f"transformer-serve needs the serve extra ({error.name} is missing): {EXTRA}"
+        ) from None
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (before the model loads, so a taken port fails fast)."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be between 0 and 65535 (got {port})")
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:  # a name such as localhost
+        family = socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        reason = error.strerror or str(error)
+        raise UserError(
+            f"cannot listen on {host}:{port}: {reason}; choose another --port or --host"
+        ) from None
+    return sock
+
+
+def load_translator(args: argparse.Namespace) -> Translator:
+    """The run's Translator. On a CPU the decoding threads share all cores but one: the HTTP
+    server needs one, and torch threads that wait for a busy core slow down many times over."""
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, (torch.get_num_threads() - 1) // args.workers))
+    return Translator.from_run(args.run, args.checkpoint, device, DTYPES[args.dtype])
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    require_extra()
+    import uvicorn
+
+    from transformer.serve.app import create_app
+
+    limits = {
+        name: getattr(args, name)
+        for name in [*LIMITS, "max_batch_tokens", "batch_window_ms", "workers"]
+    }
+    ServeSettings(**limits)  # refuse impossible limits before anything slow
+    sock = listen(args.host, args.port)
+    try:
+        translator = load_translator(args)
+        checkpoint = str(resolve_checkpoint(args.run, args.checkpoint))
+        settings = ServeSettings(**limits, checkpoint=checkpoint)
+        app = create_app(translator, settings)
+        host, port = sock.getsockname()[:2]
+        if not ipaddress.ip_address(host).is_loopback:
+            logger.warning("listening on %s, beyond this machine: the server has no login", host)
+        address = f"[{host}]" if ":" in host else host
+        logger.info("serving %s on http://%s:%d/ (the API at /docs)", args.run, address, port)
+        logging.getLogger("uvicorn.error").setLevel(logging.INFO)
+        config = uvicorn.Config(app, log_config=None, access_log=args.verbose)
+        # Ctrl-C is how a server stops: uvicorn shuts down gracefully, then re-raises it.
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of transformer-serve; returns the exit code."""
+    return run_command(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
