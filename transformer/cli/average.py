@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line options of transformer-average."""
     parser = argparse.ArgumentParser(
         prog="transformer-average",
+        allow_abbrev=False,
         description="Average the parameters of several checkpoints of one run "
         "(the run's checkpoints/step_*.pt files).",
     )

@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line options of transformer-evaluate."""
     parser = argparse.ArgumentParser(
         prog="transformer-evaluate",
+        allow_abbrev=False,
         description="Translate --source with --run and score it against --reference "
         "(sacreBLEU BLEU and chrF), or score existing --hypotheses.",
     )

@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line of transformer-train."""
     parser = argparse.ArgumentParser(
         prog="transformer-train",
+        allow_abbrev=False,
         description="Train an encoder-decoder Transformer from a YAML config. "
         "Run under `torchrun --nproc_per_node=N` to train on N GPUs (or CPU processes).",
     )

@@ -259,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line options of transformer-translate."""
     parser = argparse.ArgumentParser(
         prog="transformer-translate",
+        allow_abbrev=False,
         description="Translate text with a trained run directory. Reads --text, --input, "
         "or stdin (an interactive prompt on a terminal); writes one line per input line.",
         epilog="With --nbest N > 1 each input line gives N lines 'i ||| translation ||| score' "
