@@ -10,12 +10,234 @@ directory is used by one training at a time; resuming checks everything before w
 from __future__ import annotations
 
 import ast
+import errno
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from test_training import ROOT, tiny_config
 
 from transformer.cli.train import main as train_main
+from transformer.files import FileError, atomic_write
+
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+}
+
+
+def command(program: str, *args: object) -> subprocess.CompletedProcess:
+    """Run `python -m transformer.cli.<program> ARGS` as a user would, capturing its output."""
+    argv = [sys.executable, "-m", f"transformer.cli.{program}", *map(str, args)]
+    return subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=240)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture) -> Callable[..., subprocess.CompletedProcess]:
+    """The same commands in this process (their `main`): seconds faster than a new Python."""
+
+    def call(program: str, *args: object) -> subprocess.CompletedProcess:
+        main = importlib.import_module(f"transformer.cli.{program}").main
+        capsys.readouterr()
+        code = main([str(arg) for arg in args])
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+    return call
+
+
+@pytest.fixture(autouse=True)
+def keep_thread_count() -> Iterator[None]:
+    """The commands set torch's thread count for their process: give this one its own back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def error_line(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """The one `error:` line of a failed command (exit code 2, no traceback), checked."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file below `directory` (names relative to it) with its bytes."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run trained for 6 steps, validated at 3 and 6: last.pt, best.pt, step_*.pt."""
+    base = tmp_path_factory.mktemp("trained")
+    config = tiny_config(base, training={"max_steps": 6, "eval_every": 3})
+    run_dir = base / "run"
+    assert train_main(["--config", str(config), "--run-dir", str(run_dir)]) == 0
+    return run_dir
+
+
+@pytest.fixture
+def run(trained: Path, tmp_path: Path) -> Path:
+    """A copy of the trained run, for a test to change."""
+    return Path(shutil.copytree(trained, tmp_path / "run"))
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    path = tmp_path / "input.en"
+    path.write_text("how are you\ngood night\n", encoding="utf-8")
+    return path
+
+
+def test_translation_failing_to_load_the_model_leaves_an_existing_output_as_it_was(
+    run: Path, text_file: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "out.de"
+    output.write_text("yesterday's translations\n", encoding="utf-8")
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:500])
+    result = command("translate", "--run", run, "--checkpoint", "last", "--input", text_file,
+                     "--output", output)  # fmt: skip
+    error_line(result, "last.pt")
+    assert output.read_text(encoding="utf-8") == "yesterday's translations\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.en", "out.de", "run"]
+
+
+@pytest.mark.parametrize("link", ["symlink", "hard link"])
+def test_output_that_is_the_input_by_another_name_is_refused(
+    cli, run: Path, text_file: Path, tmp_path: Path, link: str
+) -> None:
+    other = tmp_path / "other-name.en"
+    (os.symlink if link == "symlink" else os.link)(text_file, other)
+    before = text_file.read_bytes()
+    result = cli("translate", "--run", run, "--input", text_file, "--output", other)
+    error_line(result, "same file", str(other), str(text_file))
+    assert text_file.read_bytes() == before
+
+
+def test_evaluate_refuses_to_write_its_output_over_a_reference(
+    cli, run: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "src.en"
+    source.write_text("how are you\n", encoding="utf-8")
+    reference = tmp_path / "ref.de"
+    reference.write_text("wie geht es dir\n", encoding="utf-8")
+    os.link(reference, tmp_path / "hyp.de")
+    result = cli("evaluate", "--run", run, "--source", source, "--reference", reference,
+                     "--output", tmp_path / "hyp.de")  # fmt: skip
+    error_line(result, "same file", "--reference")
+    assert reference.read_text(encoding="utf-8") == "wie geht es dir\n"
+
+
+def test_average_refuses_to_write_over_one_of_its_inputs(cli, run: Path) -> None:
+    step = sorted((run / "checkpoints").glob("step_*.pt"))[0]
+    before = step.read_bytes()
+    result = cli("average", "--run", run, "--last", 2, "--output", step)
+    error_line(result, "same file", step.name)
+    assert step.read_bytes() == before
+
+
+@pytest.mark.parametrize("program", ["translate", "evaluate", "average"])
+def test_a_full_disk_is_one_error_line_naming_the_file(
+    cli, program: str, run: Path, text_file: Path
+) -> None:
+    args = {
+        "translate": ["--run", run, "--input", text_file],
+        "evaluate": ["--run", run, "--source", text_file, "--reference", text_file],
+        "average": ["--run", run, "--last", 2],
+    }[program]
+    result = cli(program, *args, "--output", "/dev/full")
+    error_line(result, "/dev/full", "No space left on device")
+
+
+def test_a_full_disk_behind_standard_output_is_one_error_line(run: Path) -> None:
+    with open("/dev/full", "w") as full:
+        argv = [sys.executable, "-m", "transformer.cli.translate", "--run", str(run)]
+        result = subprocess.run(
+            argv + ["--text", "how are you"], stdout=full, stderr=subprocess.PIPE, text=True,
+            env=ENV, timeout=240,
+        )  # fmt: skip
+    error_line(result, "standard output", "No space left on device")
+
+
+@pytest.mark.parametrize("where", ["a missing directory", "a path through a file"])
+def test_an_output_that_cannot_be_created_names_the_path_and_the_reason(
+    cli, run: Path, text_file: Path, where: str
+) -> None:
+    output = text_file.parent / ("missing/out.de" if where == "a missing directory" else
+                                 "input.en/out.de")  # fmt: skip
+    result = cli("translate", "--run", run, "--input", text_file, "--output", output)
+    reason = "No such file or directory" if where == "a missing directory" else "Not a directory"
+    error_line(result, str(output), reason)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory holding out.de, mounted read-only (skipped where mounting is not allowed)."""
+    source, mount = tmp_path / "source", tmp_path / "read-only"
+    source.mkdir()
+    mount.mkdir()
+    (source / "out.de").write_text("kept\n", encoding="utf-8")
+    done = subprocess.run(["mount", "--bind", "-o", "ro", str(source), str(mount)],
+                          capture_output=True)  # fmt: skip
+    if done.returncode != 0 or os.access(mount, os.W_OK) and _writable(mount):
+        subprocess.run(["umount", str(mount)], capture_output=True)
+        pytest.skip("cannot mount a read-only directory here")
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def _writable(directory: Path) -> bool:
+    try:
+        (directory / ".probe").touch()
+    except OSError:
+        return False
+    (directory / ".probe").unlink()
+    return True
+
+
+def test_an_output_in_a_read_only_directory_is_one_error_line(
+    run: Path, text_file: Path, read_only_dir: Path
+) -> None:
+    output = read_only_dir / "out.de"
+    result = command("translate", "--run", run, "--input", text_file, "--output", output)
+    error_line(result, str(output), "Read-only file system")
+    assert output.read_text(encoding="utf-8") == "kept\n"
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [(errno.EROFS, "Read-only file system"), (errno.EACCES, "Permission denied")],
+)
+def test_operating_system_errors_while_writing_become_file_errors_naming_the_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, reason: str
+) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("old", encoding="utf-8")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(code, os.strerror(code), str(tmp_path / ".out.txt.x.tmp"))
+
+    monkeypatch.setattr("tempfile.mkstemp", refuse)
+    with (
+        pytest.raises(FileError, match=f"cannot write {target}: {reason}"),
+        atomic_write(target) as handle,
+    ):
+        handle.write(b"new")
+    assert target.read_text(encoding="utf-8") == "old"
 
 
 def _parser_calls(path: Path) -> list[ast.Call]:

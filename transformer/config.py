@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from transformer.errors import UserError
+from transformer.files import atomic_write
 
 # YAML 1.1 (PyYAML) reads a float without a dot, such as 5e-4, as a string.
 _SCIENTIFIC = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+")
@@ -448,5 +449,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (what `load_config` reads back)."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
+    """Write the resolved config as YAML (what `load_config` reads back), atomically."""
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    with atomic_write(path) as handle:
+        handle.write(text.encode("utf-8"))
