@@ -23,7 +23,9 @@ import pytest
 import torch
 from test_training import ROOT, tiny_config
 
+from transformer.checkpoint import load_checkpoint
 from transformer.cli.train import main as train_main
+from transformer.config import load_config
 from transformer.files import FileError, atomic_write
 
 ENV = {
@@ -77,6 +79,14 @@ def snapshot(directory: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
     }
+
+
+def log_lines(run_dir: Path) -> list[str]:
+    return (run_dir / "train.log").read_text(encoding="utf-8").splitlines()
+
+
+def finite(state: dict) -> bool:
+    return all(t.isfinite().all() for t in state["model"].values() if t.is_floating_point())
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +248,113 @@ def test_operating_system_errors_while_writing_become_file_errors_naming_the_pat
     ):
         handle.write(b"new")
     assert target.read_text(encoding="utf-8") == "old"
+
+
+# =========================================================================== diverging
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("lr", ".nan"), ("lr", ".inf"), ("label_smoothing", "-.inf"), ("clip_grad_norm", "1e999")],
+)
+def test_non_finite_numbers_in_a_config_are_refused_naming_the_key(
+    cli, tmp_path: Path, key: str, value: str
+) -> None:
+    result = cli("train", "--config", tiny_config(tmp_path), "--run-dir", tmp_path / "r",
+                 "--set", f"training.{key}={value}")  # fmt: skip
+    error_line(result, f"training.{key}", "finite")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_non_finite_decoding_flag_is_refused(cli, run: Path) -> None:
+    result = cli("translate", "--run", run, "--text", "hi", "--length-penalty", "nan")
+    error_line(result, "--length-penalty", "finite")
+
+
+def test_a_diverging_training_stops_saying_what_to_lower_and_saves_nothing_non_finite(
+    run: Path,
+) -> None:
+    last = run / "checkpoints" / "last.pt"
+    result = command("train", "--run-dir", run, "--resume", "--set", "training.max_steps=100",
+                     "training.eval_every=1000", "training.lr=1e30")  # fmt: skip
+    line = error_line(result, "diverged", "training.lr", "--resume --set training.lr=")
+    assert "continue from " in line and "(step 6)" in line
+    assert log_lines(run)[-1].endswith(": diverged")
+    for path in (run / "checkpoints").glob("*.pt"):
+        assert finite(load_checkpoint(path)), path
+    assert load_checkpoint(last)["step"] == 6
+
+
+def test_a_step_with_a_non_finite_loss_changes_nothing_and_training_goes_on(
+    run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformer.training as training
+
+    calls, real = [], training.label_smoothed_loss
+
+    def poisoned(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) in (2, 3) else loss
+
+    monkeypatch.setattr(training, "label_smoothed_loss", poisoned)
+    args = ["--run-dir", str(run), "--resume", "--set", "training.max_steps=10",
+            "training.eval_every=1000"]  # fmt: skip
+    assert train_main(args) == 0
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["step"] == 10 and finite(state)
+    assert state["progress"]["skipped_steps"] == 2
+    assert state["progress"]["bad_steps_in_a_row"] == 0
+    warnings = [line for line in log_lines(run) if "update skipped" in line]
+    assert len(warnings) == 2 and "step 8: non-finite loss" in warnings[0]
+
+
+def test_a_skipped_step_leaves_parameters_and_optimizer_as_they_were_with_a_grad_scaler(
+    trained: Path,
+) -> None:
+    trainer = _trainer(trained)
+    trainer.scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=2.0**4)
+    batches = trainer.sampler.batches(0)
+    trainer.train_step([batches[0]])
+    parameters = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    steps = [s["step"].item() for s in trainer.optimizer.state_dict()["state"].values()][:1]
+    poisoned = trainer.model.encoder.layers[0].parameters().__next__()
+    with torch.no_grad():
+        saved = poisoned.clone()
+        poisoned.fill_(float("nan"))
+    trainer.train_step([batches[1]])  # a non-finite loss: skipped
+    with torch.no_grad():
+        poisoned.copy_(saved)
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, parameters[key]), key
+    assert [s["step"].item() for s in trainer.optimizer.state_dict()["state"].values()][:1] == steps
+    assert trainer.progress.bad_steps_in_a_row == 1
+    trainer.train_step([batches[2]])  # the scaler is ready for the next step
+    assert trainer.progress.bad_steps_in_a_row == 0
+
+
+def test_non_finite_parameters_are_never_saved(trained: Path, tmp_path: Path) -> None:
+    from transformer.training import DivergenceError
+
+    trainer = _trainer(trained, tmp_path / "copy")
+    with torch.no_grad():
+        next(trainer.model.parameters()).fill_(float("inf"))
+    with pytest.raises(DivergenceError, match="non-finite"):
+        trainer.save()
+    assert not (tmp_path / "copy" / "checkpoints" / "last.pt").exists()
+
+
+def _trainer(run_dir: Path, new_run_dir: Path | None = None):
+    """A Trainer for the run's config and data (on the CPU), writing into `new_run_dir`."""
+    from transformer.distributed import DistributedContext
+    from transformer.run import build_model, prepare_data
+    from transformer.training import Trainer
+
+    config = load_config(run_dir / "config.yaml")
+    data = prepare_data(config, run_dir, DistributedContext(), resume=True)
+    model = build_model(config, config.training.seed, torch.device("cpu"))
+    return Trainer(config, model, data.tokenizers, data.train, None, new_run_dir or run_dir,
+                   torch.device("cpu"))  # fmt: skip
 
 
 def _parser_calls(path: Path) -> list[ast.Call]:

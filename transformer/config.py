@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -59,6 +60,15 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(key, f"must be {bound} (got {value})")
 
 
+def _finite(section: object) -> None:
+    """Every float setting of a config section (lists of floats too) must be a finite number."""
+    for item in dataclasses.fields(section):  # type: ignore[arg-type]
+        value = getattr(section, item.name)
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(item.name, f"must be a finite number (got {value})")
+
+
 def _probability(key: str, value: float) -> None:
     if not 0.0 <= value < 1.0:
         raise ConfigError(key, f"must be in [0, 1) (got {value})")
@@ -86,6 +96,7 @@ class ModelConfig:
     pad_id: int = 0
 
     def __post_init__(self) -> None:
+        _finite(self)
         for name in ("src_vocab_size", "tgt_vocab_size"):
             value = getattr(self, name)
             if value is not None:
@@ -137,6 +148,7 @@ class TokenizerConfig:
     tgt_model_file: str | None = None
 
     def __post_init__(self) -> None:
+        _finite(self)
         _choice("kind", self.kind, ("unigram", "bpe"))
         if self.vocab_size < 8:
             raise ConfigError("vocab_size", f"must be >= 8 (got {self.vocab_size})")
@@ -168,6 +180,7 @@ class CorpusConfig:
     tgt_field: str = "tgt"
 
     def __post_init__(self) -> None:
+        _finite(self)
         _choice("format", self.format, ("text", "table", "hub"))
         if self.format == "text" and not (self.src_path and self.tgt_path):
             raise ConfigError("src_path", "format 'text' needs src_path and tgt_path")
@@ -188,6 +201,7 @@ class DataConfig:
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
+        _finite(self)
         _positive("max_length", self.max_length)
         if self.max_length_ratio < 1.0:
             raise ConfigError("max_length_ratio", f"must be >= 1 (got {self.max_length_ratio})")
@@ -216,6 +230,7 @@ class TrainingConfig:
     min_lr: float = 0.0
     label_smoothing: float = 0.1
     clip_grad_norm: float = 1.0
+    max_bad_steps: int = 5  # stop after this many steps in a row with a non-finite loss or gradient
     log_every: int = 100
     eval_every: int = 1000
     save_every: int = 0
@@ -226,6 +241,7 @@ class TrainingConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
+        _finite(self)
         _choice("precision", self.precision, ("fp32", "bf16", "fp16"))
         _choice("schedule", self.schedule, ("noam", "inverse_sqrt", "cosine", "constant"))
         for name in ("max_steps", "max_epochs", "batch_tokens", "accumulate_steps"):
@@ -240,6 +256,7 @@ class TrainingConfig:
         _positive("optimizer_eps", self.optimizer_eps)
         _positive("weight_decay", self.weight_decay, allow_zero=True)
         _positive("clip_grad_norm", self.clip_grad_norm, allow_zero=True)
+        _positive("max_bad_steps", self.max_bad_steps)
         _positive("save_every", self.save_every, allow_zero=True)
         _positive("keep_best", self.keep_best, allow_zero=True)
         _positive("eval_samples", self.eval_samples, allow_zero=True)
@@ -266,6 +283,7 @@ class DecodingConfig:
     batch_tokens: int = 4000
 
     def __post_init__(self) -> None:
+        _finite(self)
         _positive("beam_size", self.beam_size)
         _positive("nbest", self.nbest)
         if self.nbest > self.beam_size:

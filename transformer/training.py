@@ -6,6 +6,7 @@ Shape legend: B batch, S source length, T target length, V target vocabulary.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -82,18 +83,16 @@ class Progress:
     best_metric: float | None = None
     evals_without_improvement: int = 0
     kept: list[list[Any]] = field(default_factory=list)  # [[metric, file name], ...]
+    skipped_steps: int = 0  # steps whose update was skipped: non-finite loss or gradient norm
+    bad_steps_in_a_row: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only, as `torch.load(weights_only=True)` requires."""
-        return {
-            "step": self.step,
-            "epoch": self.epoch,
-            "next_batch": self.next_batch,
-            "train_seconds": self.train_seconds,
-            "best_metric": self.best_metric,
-            "evals_without_improvement": self.evals_without_improvement,
-            "kept": self.kept,
-        }
+        return dataclasses.asdict(self)
+
+
+class DivergenceError(UserError):
+    """The loss, the gradients or the parameters became non-finite; nothing of it was saved."""
 
 
 class Trainer:
@@ -120,6 +119,7 @@ class Trainer:
         self.device = device
         self.context = context or DistributedContext()
         self.progress = Progress()
+        self.saved_step = -1  # the step last.pt holds (when this process wrote it)
         self.amp_dtype = autocast_dtype(self.cfg.precision, device)
         self.optimizer = torch.optim.Adam(
             model.parameters(),
@@ -184,6 +184,7 @@ class Trainer:
     def resume(self, path: Path) -> None:
         """Continue from a checkpoint written by `save`."""
         self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        self.saved_step = self.progress.step
         logger.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
             path,
@@ -199,6 +200,8 @@ class Trainer:
         """
         if not self.context.is_main:
             return
+        if not self.parameters_finite():
+            raise self.diverged("the parameters hold non-finite values")
         directory = checkpoint_dir(self.run_dir)
         keep_name, dropped = None, []
         if result is not None and self.cfg.keep_best > 0:
@@ -220,6 +223,29 @@ class Trainer:
             (directory / name).unlink(missing_ok=True)
         if improved:
             link_checkpoint(last, directory / "best.pt")
+        self.saved_step = self.progress.step
+
+    def parameters_finite(self) -> bool:
+        """Whether every parameter is finite (one wait for the device)."""
+        checks = [parameter.isfinite().all() for parameter in self.model.parameters()]
+        return bool(torch.stack(checks).all())
+
+    def diverged(self, what: str) -> DivergenceError:
+        """The error that ends a diverged training: what happened, and which setting to lower."""
+        key = "lr_scale" if self.cfg.schedule == "noam" else "lr"
+        value = getattr(self.cfg, key)
+        last = checkpoint_dir(self.run_dir) / "last.pt"
+        since = (
+            f"continue from {last} (step {self.saved_step}) with "
+            f"--resume --set training.{key}={value / 2:g}"
+            if self.saved_step >= 0
+            else f"start again with --set training.{key}={value / 2:g}"
+        )
+        return DivergenceError(
+            f"training diverged at step {self.progress.step}: {what}; nothing non-finite was "
+            f"saved. Lower training.{key} (now {value:g}) or raise training.warmup_steps (now "
+            f"{self.cfg.warmup_steps}): {since}"
+        )
 
     # ------------------------------------------------------------------ steps
 
@@ -232,8 +258,9 @@ class Trainer:
     def train_step(self, batches: list[list[int]]) -> tuple[Tensor, int]:
         """One optimizer step over `batches` (gradient accumulation).
 
-        Returns the summed loss as a tensor on the device (reading it would wait for the GPU)
-        and the number of target tokens.
+        Returns the summed loss as a tensor on the device and the number of target tokens.
+        A step whose loss or gradient norm is not finite changes nothing but the step count
+        (reading the two flags is the step's one wait for the GPU).
         """
         if not self.model.training:  # validation switched to eval; .train() walks every module
             self.network.train()
@@ -259,14 +286,35 @@ class Trainer:
         lr = learning_rate(step, self.cfg, self.config.model.d_model)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if self.cfg.clip_grad_norm > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
-        self.scaler.step(self.optimizer)
+        self.scaler.unscale_(self.optimizer)  # true gradients for the norm (no-op in fp32)
+        norm = self.gradient_norm()
+        loss_finite, norm_finite = torch.stack([loss_total.isfinite(), norm.isfinite()]).tolist()
+        if loss_finite and norm_finite:
+            self.scaler.step(self.optimizer)
+            self.progress.bad_steps_in_a_row = 0
+        elif not loss_finite or not self.scaler.is_enabled():
+            # With fp16 an overflowing gradient alone is the scaler's business: it skips the
+            # step and lowers its scale. Anything else non-finite is a bad step.
+            self.progress.skipped_steps += 1
+            self.progress.bad_steps_in_a_row += 1
+            logger.warning(
+                "step %d: non-finite %s; update skipped (%d in a row; training.max_bad_steps %d)",
+                step,
+                "loss" if not loss_finite else "gradient norm",
+                self.progress.bad_steps_in_a_row,
+                self.cfg.max_bad_steps,
+            )
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.progress.step = step
         return loss_total, num_tokens
+
+    def gradient_norm(self) -> Tensor:
+        """The gradients' total norm (before clipping them to training.clip_grad_norm, if set)."""
+        if self.cfg.clip_grad_norm > 0:
+            return nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return nn.utils.get_total_norm(grads)
 
     # ------------------------------------------------------------------ validation
 
@@ -404,6 +452,13 @@ class Trainer:
                 window_tokens += tokens
                 lr = self.optimizer.param_groups[0]["lr"]
                 bar.update(1)
+                if progress.bad_steps_in_a_row >= cfg.max_bad_steps:
+                    bar.close()
+                    logger.info("training stopped at step %d: diverged", progress.step)
+                    raise self.diverged(
+                        f"{cfg.max_bad_steps} steps in a row had a non-finite loss or gradient "
+                        f"norm (training.max_bad_steps; {progress.skipped_steps} skipped in all)"
+                    )
                 log_now = progress.step % cfg.log_every == 0
                 if log_now or progress.step % cfg.eval_every == 0 or progress.step % 10 == 0:
                     train_loss = float(window_loss) / max(window_tokens, 1)  # waits for the GPU
