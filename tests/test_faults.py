@@ -14,19 +14,24 @@ import errno
 import importlib
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from test_training import ROOT, tiny_config
 
 from transformer.checkpoint import load_checkpoint
 from transformer.cli.train import main as train_main
 from transformer.config import load_config
 from transformer.files import FileError, atomic_write
+from transformer.lock import LOCK_FILE
 
 ENV = {
     **os.environ,
@@ -248,6 +253,218 @@ def test_operating_system_errors_while_writing_become_file_errors_naming_the_pat
     ):
         handle.write(b"new")
     assert target.read_text(encoding="utf-8") == "old"
+
+
+def test_a_disk_filling_up_during_a_checkpoint_keeps_the_old_one_and_stops_training(
+    run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    checkpoints = run / "checkpoints"
+    before = snapshot(checkpoints)
+
+    def full_disk(state: dict, handle) -> None:
+        handle.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    args = ["--run-dir", str(run), "--resume", "--set", "training.max_steps=8"]
+    assert train_main(args) == 2
+    err = capsys.readouterr().err
+    assert "error: cannot write " in err and "last.pt: No space left on device" in err
+    assert "Traceback" not in err
+    assert snapshot(checkpoints) == before  # no temporary files, the old checkpoints intact
+    assert not (run / LOCK_FILE).exists()
+
+
+def test_a_failed_new_run_leaves_no_run_directory_behind(cli, tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, model={"share_embeddings": True}, tokenizer={"joint": False})
+    run_dir = tmp_path / "runs" / "new"
+    result = cli("train", "--config", config, "--run-dir", run_dir)
+    error_line(result, "share_embeddings")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_directory_that_is_a_file_is_one_error_line(cli, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "run"
+    not_a_dir.write_text("a file", encoding="utf-8")
+    result = cli("train", "--config", tiny_config(tmp_path), "--run-dir", not_a_dir)
+    error_line(result, str(not_a_dir), "not a directory")
+    assert not_a_dir.read_text(encoding="utf-8") == "a file"
+
+
+def start_training(*args: object) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "transformer.cli.train", *map(str, args)]
+    return subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def wait_for_steps(run_dir: Path, process: subprocess.Popen, steps: int = 2) -> None:
+    """Wait until the training has logged `steps` steps (it logs every step)."""
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        log = run_dir / "train.log"
+        if log.exists() and log.read_text(encoding="utf-8").count(" epoch ") >= steps:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the training did not start")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_training_saves_its_step_says_how_to_resume_and_resumes_exactly(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    config = tiny_config(tmp_path, training={"max_steps": 100_000, "log_every": 1})
+    run_dir = tmp_path / "interrupted"
+    process = start_training("--config", config, "--run-dir", run_dir)
+    wait_for_steps(run_dir, process)
+    assert (run_dir / LOCK_FILE).read_text().split()[0] == str(process.pid)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum
+    last_line = stderr.strip().splitlines()[-1]
+    step = load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"]
+    name = signal.Signals(signum).name
+    assert f"interrupted by {name}: saved step {step} in " in last_line
+    assert last_line.endswith(f"resume with: transformer-train --run-dir {run_dir} --resume")
+    assert f"stopped at step {step} " in log_lines(run_dir)[-1]
+    assert log_lines(run_dir)[-1].endswith(f"interrupted by {name}")
+    assert not (run_dir / LOCK_FILE).exists()
+
+    target = step + 3
+    resume = ["--run-dir", str(run_dir), "--resume", "--set", f"training.max_steps={target}"]
+    assert train_main(resume) == 0
+    straight = tmp_path / "straight"
+    config = tiny_config(tmp_path, training={"max_steps": target, "log_every": 1})
+    assert train_main(["--config", str(config), "--run-dir", str(straight)]) == 0
+    expected = load_checkpoint(straight / "checkpoints" / "last.pt")["model"]
+    resumed = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+    for key, value in expected.items():
+        assert torch.equal(value, resumed[key]), key
+
+
+def test_a_run_directory_with_a_config_but_no_checkpoint_starts_afresh(cli, run: Path) -> None:
+    shutil.rmtree(run / "checkpoints")
+    (run / "metrics.jsonl").unlink()
+    result = cli("train", "--run-dir", run, "--resume")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "no checkpoint yet" in result.stderr and "starting afresh" in result.stderr
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 6
+
+
+def test_a_run_directory_in_use_by_a_live_training_is_refused(cli, run: Path) -> None:
+    lock = run / LOCK_FILE
+    lock.write_text(f"{os.getpid()} {socket.gethostname()}\n", encoding="utf-8")
+    before = snapshot(run)
+    result = cli("train", "--run-dir", run, "--resume", "--set", "training.max_steps=8")
+    error_line(result, "in use by process", str(os.getpid()), str(lock))
+    assert snapshot(run) == before
+
+
+def test_a_stale_lock_of_a_process_that_is_gone_is_taken_over(cli, run: Path) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    (run / LOCK_FILE).write_text(f"{gone} {socket.gethostname()}\n", encoding="utf-8")
+    result = cli("train", "--run-dir", run, "--resume", "--set", "training.max_steps=8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"taking over the stale lock {run / LOCK_FILE} of process {gone}" in result.stderr
+    assert not (run / LOCK_FILE).exists()
+
+
+# =========================================================================== resuming
+
+
+def test_a_corrupted_checkpoint_on_resume_changes_nothing_in_the_run(cli, run: Path) -> None:
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    before = snapshot(run)
+    result = cli("train", "--run-dir", run, "--resume", "--set", "training.max_steps=99")
+    error_line(result, "last.pt", "corrupted or truncated")
+    assert snapshot(run) == before
+
+
+def test_changing_the_model_on_resume_is_refused_listing_the_keys(cli, run: Path) -> None:
+    before = snapshot(run)
+    result = cli("train", "--run-dir", run, "--resume",
+                     "--set", "model.d_model=64", "model.num_heads=4")  # fmt: skip
+    error_line(result, "model.d_model: 32 -> 64", "model.num_heads: 2 -> 4", "new run")
+    assert snapshot(run) == before
+
+
+def test_a_checkpoint_of_another_model_than_the_config_is_refused(cli, run: Path) -> None:
+    saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    saved["model"]["d_ff"] = 128  # the config edited by hand after training
+    (run / "config.yaml").write_text(yaml.safe_dump(saved), encoding="utf-8")
+    before = snapshot(run)
+    result = cli("train", "--run-dir", run, "--resume")
+    error_line(result, "model.d_ff: 64 -> 128")
+    assert snapshot(run) == before
+
+
+def test_an_invalid_override_on_resume_changes_nothing(cli, run: Path) -> None:
+    before = snapshot(run)
+    result = cli("train", "--run-dir", run, "--resume", "--set", "training.lr=-1")
+    error_line(result, "training.lr", "> 0")
+    assert snapshot(run) == before
+
+
+def test_config_with_resume_applies_its_changes_and_lists_them(
+    cli, run: Path, tmp_path: Path
+) -> None:
+    saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    saved["model"]["src_vocab_size"] = saved["model"]["tgt_vocab_size"] = None
+    saved["training"]["max_steps"] = 9
+    config = tmp_path / "longer.yaml"
+    config.write_text(yaml.safe_dump(saved), encoding="utf-8")
+    result = cli("train", "--run-dir", run, "--resume", "--config", config)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "training.max_steps: 6 -> 9" in result.stderr
+    assert load_config(run / "config.yaml").training.max_steps == 9
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 9
+
+
+@pytest.mark.parametrize(
+    ("first", "first_stop", "then", "then_stop"),
+    [
+        ("max_steps=4", "max_steps (4)", "max_steps=6", "max_steps (6)"),
+        ("max_epochs=1", "max_epochs (1)", "max_epochs=2", "max_epochs (2)"),
+        ("max_time_minutes=1e-6", "max_time_minutes (1e-06)",
+         "max_time_minutes=0.005", "max_time_minutes (0.005)"),
+    ],
+)  # fmt: skip
+def test_a_new_limit_on_resume_lifts_the_old_one_and_the_last_log_line_names_it(
+    tmp_path: Path, first: str, first_stop: str, then: str, then_stop: str
+) -> None:
+    config = tiny_config(tmp_path, training={"max_steps": 1000, "batch_tokens": 4000})
+    run_dir = tmp_path / "run"
+    argv = ["--config", str(config), "--run-dir", str(run_dir), "--set", f"training.{first}"]
+    assert train_main(argv) == 0
+    stopped = load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"]
+    assert log_lines(run_dir)[-1].endswith(f"reached training.{first_stop}")
+    assert train_main(["--run-dir", str(run_dir), "--resume", "--set", f"training.{then}"]) == 0
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] > stopped
+    assert log_lines(run_dir)[-1].endswith(f"reached training.{then_stop}")
+
+
+def test_resuming_a_run_whose_limit_is_reached_stops_at_once(run: Path) -> None:
+    before = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
+    assert train_main(["--run-dir", str(run), "--resume"]) == 0
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == before
+    assert log_lines(run)[-1].endswith("reached training.max_steps (6)")
+
+
+def test_early_stopping_is_named_in_the_last_log_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformer.training import Trainer, ValidationResult
+
+    monkeypatch.setattr(Trainer, "validate", lambda self: ValidationResult(loss=1.0, perplexity=1))
+    config = tiny_config(
+        tmp_path, training={"max_steps": 40, "eval_every": 2, "early_stopping_patience": 2}
+    )
+    run_dir = tmp_path / "run"
+    assert train_main(["--config", str(config), "--run-dir", str(run_dir)]) == 0
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 6
+    assert log_lines(run_dir)[-1].endswith(
+        "early stopping: no improvement in 2 validations (training.early_stopping_patience)"
+    )
 
 
 # =========================================================================== diverging

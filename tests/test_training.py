@@ -192,7 +192,7 @@ def test_ddp_with_two_gloo_processes_writes_one_set_of_checkpoints(tmp_path):
     assert (run_dir / "checkpoints" / "last.pt").is_file()
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 6
     log = (run_dir / "train.log").read_text(encoding="utf-8")
-    assert log.count("training finished") == 1
+    assert log.count("training stopped") == 1
     assert "2 process(es)" in log
 
 

@@ -9,6 +9,8 @@ A run directory is self-contained; translation needs nothing else::
     RUN/checkpoints/step_*.pt    the k best, by validation BLEU
     RUN/metrics.jsonl            one line per validation
     RUN/train.log                the training log
+    RUN/train.lock               while a training runs: its process id and host
+    RUN/cache/                   the tokenized corpora (unless data.cache_dir says elsewhere)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ CONFIG_FILE = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
+CACHE_DIR = "cache"
 LOG_FILE = "train.log"
 
 

@@ -402,6 +402,19 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config mappings, as "key: old -> new"."""
+    changes = []
+    for key in sorted(old.keys() | new.keys()):
+        dotted = f"{prefix}.{key}" if prefix else key
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            changes += config_changes(before, after, dotted)
+        elif before != after:
+            changes.append(f"{dotted}: {before} -> {after}")
+    return changes
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Split one `key=value` override; the value is parsed as YAML (so 5e-4 is a float)."""
     if "=" not in text:

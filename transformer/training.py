@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from transformer.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from transformer.config import Config, config_to_dict
+from transformer.config import Config, config_changes, config_to_dict
 from transformer.data import EncodedCorpus
 from transformer.device import autocast_dtype
 from transformer.distributed import DistributedContext
@@ -41,6 +42,8 @@ from transformer.search import greedy_search
 from transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerPair
 
 logger = logging.getLogger(__name__)
+
+DIVERGED = "diverged"
 
 
 def label_smoothed_loss(logits: Tensor, target: Tensor, smoothing: float, pad_id: int) -> Tensor:
@@ -91,6 +94,13 @@ class Progress:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class StopRequest:
+    """Asks a training to stop at the next step boundary; the CLI sets it from a signal."""
+
+    signum: int | None = None
+
+
 class DivergenceError(UserError):
     """The loss, the gradients or the parameters became non-finite; nothing of it was saved."""
 
@@ -119,6 +129,8 @@ class Trainer:
         self.device = device
         self.context = context or DistributedContext()
         self.progress = Progress()
+        self.stop = StopRequest()
+        self.stop_reason = ""  # why `train` stopped, for the last log line
         self.saved_step = -1  # the step last.pt holds (when this process wrote it)
         self.amp_dtype = autocast_dtype(self.cfg.precision, device)
         self.optimizer = torch.optim.Adam(
@@ -165,6 +177,14 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore model, optimizer, scaler, progress and random-number states."""
+        saved_model = state.get("config", {}).get("model")
+        current = config_to_dict(self.config)["model"]
+        changes = config_changes(saved_model, current, "model") if saved_model else []
+        if changes:
+            raise UserError(
+                f"checkpoint holds another model than the run's config ({'; '.join(changes)}); "
+                "resume with the config it was trained with, or start a new run directory"
+            )
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -334,6 +354,9 @@ class Trainer:
         nll_sum, tokens = 0.0, 0
         hypotheses: dict[int, str] = {}
         for indices in sampler.batches(0):
+            if self.stop.signum is not None:  # asked to stop: save without waiting for this
+                logger.info("validation cut short: stopping")
+                return None
             batch = self.valid_data.collate(indices, PAD_ID).to(self.device)
             with self.autocast():
                 logits = self.model(batch.src, batch.tgt_in)
@@ -421,14 +444,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def train(self) -> Progress:
-        """Train until max_steps, max_epochs or max_time_minutes, or early stopping.
+    def train(self, stop: StopRequest | None = None) -> Progress:
+        """Train until a limit, early stopping, a stop request, or divergence.
 
-        Time counts across resumptions: `progress.train_seconds` is saved in checkpoints.
+        The limits are max_steps, max_epochs and max_time_minutes; time counts across
+        resumptions (`progress.train_seconds` is saved in checkpoints), and each is checked
+        before the first step too, so a resumed run with a raised limit continues and one
+        with a reached limit stops at once. `stop` (set from a signal) ends training at the
+        next step boundary with last.pt saved. Too many non-finite steps in a row raise
+        `DivergenceError`. `self.stop_reason` and the last log line say why training stopped.
         """
         cfg, progress = self.cfg, self.progress
+        self.stop = stop or StopRequest()
         start_time = time.perf_counter() - progress.train_seconds
-        time_limit = cfg.max_time_minutes * 60 if cfg.max_time_minutes > 0 else math.inf
         bar = tqdm(
             total=cfg.max_steps,
             initial=progress.step,
@@ -439,9 +467,9 @@ class Trainer:
         window_loss = torch.zeros((), device=self.device)  # summed on the device: no waiting
         window_tokens, window_start = 0, time.perf_counter()
         last_eval_step = progress.step
-        stop = progress.step >= cfg.max_steps
         train_loss, lr = math.nan, 0.0
-        while not stop and progress.epoch < cfg.max_epochs:
+        reason = self.limit_reached()
+        while reason is None:
             batches = self.sampler.batches(progress.epoch)
             while progress.next_batch < len(batches):
                 group = batches[progress.next_batch : progress.next_batch + cfg.accumulate_steps]
@@ -453,12 +481,8 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 bar.update(1)
                 if progress.bad_steps_in_a_row >= cfg.max_bad_steps:
-                    bar.close()
-                    logger.info("training stopped at step %d: diverged", progress.step)
-                    raise self.diverged(
-                        f"{cfg.max_bad_steps} steps in a row had a non-finite loss or gradient "
-                        f"norm (training.max_bad_steps; {progress.skipped_steps} skipped in all)"
-                    )
+                    reason = DIVERGED
+                    break
                 log_now = progress.step % cfg.log_every == 0
                 if log_now or progress.step % cfg.eval_every == 0 or progress.step % 10 == 0:
                     train_loss = float(window_loss) / max(window_tokens, 1)  # waits for the GPU
@@ -478,26 +502,71 @@ class Trainer:
                 if progress.step % cfg.eval_every == 0:
                     last_eval_step = progress.step
                     if self.evaluate_and_save(train_loss, lr, progress.train_seconds):
-                        stop = True
+                        reason = (
+                            "early stopping: no improvement in "
+                            f"{cfg.early_stopping_patience} validations "
+                            "(training.early_stopping_patience)"
+                        )
                         break
                 elif cfg.save_every and progress.step % cfg.save_every == 0:
                     self.save(None)
-                if progress.step >= cfg.max_steps or progress.train_seconds >= time_limit:
-                    stop = True
+                if self.stop_requested():
+                    reason = f"interrupted by {signal.Signals(self.stop.signum).name}"
+                    break
+                reason = self.limit_reached()
+                if reason is not None:
                     break
             else:
                 progress.epoch += 1
                 progress.next_batch = 0
+                reason = self.limit_reached()
         bar.close()
-        if last_eval_step != progress.step:
+        self.stop_reason = reason
+        if reason == DIVERGED:
+            self.log_stop()
+            raise self.diverged(
+                f"{cfg.max_bad_steps} steps in a row had a non-finite loss or gradient norm "
+                f"(training.max_bad_steps; {progress.skipped_steps} skipped in all)"
+            )
+        if reason.startswith("interrupted"):
+            if self.saved_step != progress.step:
+                self.save(None)
+        elif last_eval_step != progress.step:
             self.evaluate_and_save(train_loss, lr, progress.train_seconds)
-        logger.info(
-            "training finished at step %d (epoch %d) after %.1f s",
-            progress.step,
-            progress.epoch + 1,
-            progress.train_seconds,
-        )
+        self.log_stop()
         return progress
+
+    def limit_reached(self) -> str | None:
+        """Which of max_steps, max_epochs and max_time_minutes is reached, if any."""
+        cfg, progress = self.cfg, self.progress
+        if progress.step >= cfg.max_steps:
+            return f"reached training.max_steps ({cfg.max_steps})"
+        if progress.epoch >= cfg.max_epochs:
+            return f"reached training.max_epochs ({cfg.max_epochs})"
+        if 0 < cfg.max_time_minutes * 60 <= progress.train_seconds:
+            return f"reached training.max_time_minutes ({cfg.max_time_minutes:g})"
+        return None
+
+    def stop_requested(self) -> bool:
+        """Whether to stop now; with several processes, all agree (every 10th step)."""
+        requested = self.stop.signum is not None
+        if not self.context.enabled:
+            return requested
+        if self.progress.step % 10 or not self.context.any_rank(requested, self.device):
+            return False
+        if self.stop.signum is None:  # another process was asked
+            self.stop.signum = signal.SIGTERM
+        return True
+
+    def log_stop(self) -> None:
+        """The last log line of every training: where and why it stopped."""
+        logger.info(
+            "training stopped at step %d (epoch %d) after %.1f s: %s",
+            self.progress.step,
+            self.progress.epoch + 1,
+            self.progress.train_seconds,
+            self.stop_reason,
+        )
 
 
 def link_checkpoint(source: Path, target: Path) -> None:

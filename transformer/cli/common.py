@@ -1,7 +1,7 @@
 """What every command shares: argument parsing, logging setup, and turning errors into exits.
 
 A `UserError` (or an operating-system error no lower layer put into words) becomes one line
-`error: ...` on stderr and exit code 2; Ctrl-C exits with 130.
+`error: ...` on stderr and exit code 2; an interrupt exits with 128 + the signal number.
 """
 
 from __future__ import annotations
@@ -18,7 +18,14 @@ from transformer.files import os_reason
 
 EXIT_USER_ERROR = 2
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: what a shell reports for a process killed by it
-EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal (SIGINT, SIGTERM) that stops the command at once: exit code 128 + its number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -82,9 +89,10 @@ def run_command(main: Callable[[list[str] | None], int], argv: list[str] | None 
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""
         return _fail(f"{where}{os_reason(error)}")
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as error:
+        signum = getattr(error, "signum", signal.SIGINT)
+        sys.stderr.write(f"interrupted by {signal.Signals(signum).name}\n")
+        return 128 + signum
     try:
         sys.stdout.flush()  # a full disk behind stdout shows here, not as a traceback at exit
     except BrokenPipeError:
