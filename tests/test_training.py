@@ -286,3 +286,9 @@ def test_max_time_minutes_stops_training_early(tmp_path):
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert state["step"] == 1
     assert state["progress"]["train_seconds"] > 0
+
+
+def test_the_library_seeds_torch_in_one_place():
+    sources = (ROOT / "transformer").rglob("*.py")
+    calls = {p.relative_to(ROOT).as_posix(): p.read_text().count("manual_seed(") for p in sources}
+    assert {path: count for path, count in calls.items() if count} == {"transformer/run.py": 1}

@@ -295,7 +295,12 @@ def resolve_model_config(config: Config, tokenizers: TokenizerPair) -> Config:
 
 
 def build_model(config: Config, seed: int, device: torch.device) -> Transformer:
-    """The model of `config.model`, initialised from `seed`, on `device`."""
+    """The model of `config.model`, initialised from `seed`, on `device`.
+
+    The one place training seeds torch's generator: what the model's initialisation leaves
+    of it drives dropout next. Each process of a distributed run passes seed + rank, so that
+    they draw different dropout masks (DistributedDataParallel gives them rank 0's weights).
+    """
     torch.manual_seed(seed)
     model = Transformer(config.model).to(device)
     logger.info(

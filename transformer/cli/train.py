@@ -117,8 +117,7 @@ def _set_up_and_train(
         tokenizer_dir = None if start.reuse_tokenizer else run.staging
         data = prepare_data(config, run_dir, context, start.reuse_tokenizer, tokenizer_dir)
         config = resolve_model_config(config, data.tokenizers)
-        model = build_model(config, config.training.seed, device)
-        torch.manual_seed(config.training.seed + context.rank)
+        model = build_model(config, config.training.seed + context.rank, device)
         trainer = Trainer(
             config, model, data.tokenizers, data.train, data.valid, run_dir, device, context
         )
