@@ -203,9 +203,8 @@ def serve_load(args: argparse.Namespace, texts: list[str]) -> LoadResult:
 # a time: the most that batching whole requests can reach at that concurrency.
 _BATCH = """
 import json, sys, time
-from transformer.cli.translate import (
-    CHUNK_LINES, build_parser, decoding_from_args, load_translator
-)
+from transformer.cli.decoding import decoding_from_args, load_translator
+from transformer.cli.translate import CHUNK_LINES, build_parser
 args = build_parser().parse_args(["--run", sys.argv[1]])
 translator = load_translator(args)
 decoding = decoding_from_args(translator.config.decoding, args)

@@ -2243,7 +2243,7 @@ def build(show: int = 0) -> dict[str, list[Pair]]:
 
 
 def main(argv: Iterable[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--show", type=int, default=0, help="print N random pairs per family")
     parser.add_argument("--dry-run", action="store_true", help="check only, write nothing")
     args = parser.parse_args(None if argv is None else list(argv))

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from transformer.attention_plots import attention_figure, figure_class, heatmap, png_bytes
-from transformer.checkpoint import atomic_write_bytes
 from transformer.cli.common import run_command, setup_logging
 from transformer.explain import explain
+from transformer.files import atomic_write
 from transformer.loss import label_smoothed_loss
 from transformer.model.attention import causal_mask, padding_mask
 from transformer.model.positions import RotaryPositionalEncoding, rotary_angles, sinusoidal_table
@@ -177,7 +177,8 @@ def _main(argv: list[str] | None) -> int:
             "(train it with: transformer-train --config configs/toy.yaml)\n"
         )
     for name, data in figures.items():
-        atomic_write_bytes(args.output / name, lambda handle, data=data: handle.write(data))
+        with atomic_write(args.output / name) as handle:
+            handle.write(data)
     sys.stderr.write(f"wrote {len(figures)} figures into {args.output}\n")
     return 0
 

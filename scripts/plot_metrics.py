@@ -142,7 +142,7 @@ def draw(curves: list[Curve], x_axis: str, metric: str, output: Path) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (or metrics.jsonl)")
     parser.add_argument(
         "--output", type=Path, default=Path("docs/bleu_vs_time.png"), help="the PNG to write"

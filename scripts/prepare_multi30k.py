@@ -223,7 +223,7 @@ def parse_expected(pairs: Sequence[str]) -> dict[str, int]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"where to put the files ({DEFAULT_OUT})"
     )

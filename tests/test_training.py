@@ -16,7 +16,10 @@ import yaml
 
 from transformer.checkpoint import load_checkpoint
 from transformer.cli.train import main as train_main
-from transformer.training import label_smoothed_loss
+from transformer.config import load_config
+from transformer.distributed import DistributedContext
+from transformer.run import build_model, prepare_data, resolve_model_config
+from transformer.training import Trainer, label_smoothed_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -192,7 +195,7 @@ def test_ddp_with_two_gloo_processes_writes_one_set_of_checkpoints(tmp_path):
     assert (run_dir / "checkpoints" / "last.pt").is_file()
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 6
     log = (run_dir / "train.log").read_text(encoding="utf-8")
-    assert log.count("training finished") == 1
+    assert log.count("training stopped") == 1
     assert "2 process(es)" in log
 
 
@@ -286,3 +289,45 @@ def test_max_time_minutes_stops_training_early(tmp_path):
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert state["step"] == 1
     assert state["progress"]["train_seconds"] > 0
+
+
+def test_the_library_seeds_torch_in_one_place():
+    sources = (ROOT / "transformer").rglob("*.py")
+    calls = {p.relative_to(ROOT).as_posix(): p.read_text().count("manual_seed(") for p in sources}
+    assert {path: count for path, count in calls.items() if count} == {"transformer/run.py": 1}
+
+
+def tiny_trainer(tmp_path: Path, reuse_tokenizer: bool = False, **sections: dict) -> Trainer:
+    """A Trainer on the CPU for `tiny_config(tmp_path, **sections)` (tokenizer in tmp_path/run)."""
+    config = load_config(tiny_config(tmp_path, **sections))
+    data = prepare_data(config, tmp_path / "run", DistributedContext(), resume=reuse_tokenizer)
+    config = resolve_model_config(config, data.tokenizers)
+    model = build_model(config, config.training.seed, torch.device("cpu"))
+    return Trainer(
+        config, model, data.tokenizers, data.train, None, tmp_path / "run", torch.device("cpu")
+    )
+
+
+def test_accumulated_batches_give_the_gradient_of_one_batch_holding_them_all(tmp_path):
+    def gradients_of_first_step(trainer: Trainer, batches: list[list[int]]) -> dict:
+        grads = {}
+
+        def record_then_step(*args, **kwargs):
+            grads.update({n: p.grad.clone() for n, p in trainer.model.named_parameters()})
+
+        trainer.optimizer.step = record_then_step
+        trainer.train_step(batches)
+        return grads
+
+    sections = {"model": {"dropout": 0.0}, "training": {"clip_grad_norm": 0.0}}
+    first = tiny_trainer(tmp_path, **sections)
+    second = tiny_trainer(tmp_path, reuse_tokenizer=True, **sections)
+    width = {
+        len(first.train_data.collate(batch, 0).src[0]): batch for batch in first.sampler.batches(0)
+    }
+    a, b = width[min(width)], width[max(width)]  # joined, the shorter one is padded
+    accumulated = gradients_of_first_step(first, [a, b])
+    together = gradients_of_first_step(second, [a + b])
+    assert accumulated.keys() == together.keys()
+    for name, grad in together.items():
+        assert torch.allclose(accumulated[name], grad, rtol=1e-4, atol=1e-7), name

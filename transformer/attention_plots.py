@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from transformer.checkpoint import atomic_write_bytes
 from transformer.errors import UserError
+from transformer.files import atomic_write
 
 if TYPE_CHECKING:
     from transformer.explain import Explanation
@@ -125,6 +125,7 @@ def write_attention_figures(explanation: Explanation, directory: Path) -> list[P
             path = directory / f"{stem}_layer{layer + 1}.png"
             name = f"{title}, layer {layer + 1}"
             data = attention_figure(weights[layer, 0], rows, columns, name, axes)
-            atomic_write_bytes(path, lambda handle, data=data: handle.write(data))
+            with atomic_write(path) as handle:
+                handle.write(data)
             written.append(path)
     return written

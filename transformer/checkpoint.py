@@ -9,23 +9,27 @@ A run directory is self-contained; translation needs nothing else::
     RUN/checkpoints/step_*.pt    the k best, by validation BLEU
     RUN/metrics.jsonl            one line per validation
     RUN/train.log                the training log
+    RUN/train.lock               while a training runs: its process id and host
+    RUN/cache/                   the tokenized corpora (unless data.cache_dir says elsewhere)
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from transformer.errors import UserError
+from transformer.files import atomic_write
 
 CONFIG_FILE = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
+CACHE_DIR = "cache"
 LOG_FILE = "train.log"
 
 
@@ -33,57 +37,40 @@ class CheckpointError(UserError):
     """A checkpoint or run directory that cannot be used."""
 
 
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call `write(file)` on a temporary file beside `path`, fsync it, then rename it over `path`.
-
-    A crash at any moment leaves either the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write `state` (tensors, numbers, strings, lists and dicts only) atomically."""
-    atomic_write_bytes(Path(path), lambda handle: torch.save(state, handle))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as handle:
+        torch.save(state, handle)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with `torch.load(weights_only=True)`; unusable files are a UserError."""
+def load_checkpoint(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    instead: str = "use another checkpoint (e.g. --checkpoint last or best)",
+) -> dict[str, Any]:
+    """Load a checkpoint with `torch.load(weights_only=True)`; unusable files are a UserError.
+
+    `instead` ends the message: what the user of this command can do about it.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises many types for truncated or foreign files
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except pickle.UnpicklingError as error:
+        # Weights-only loading refuses a file that names code to call (`GLOBAL posix.system`):
+        # unpickled in full, it could run anything. Nothing of it was run.
+        called = re.search(r"GLOBAL (\S+)", str(error))
+        if called is None:
+            raise CheckpointError(f"checkpoint {path} is corrupted or truncated; {instead}") from None
         raise CheckpointError(
-            f"checkpoint {path} is corrupted or truncated ({reason[:200]}); "
-            "use another checkpoint (e.g. --checkpoint last or best)"
+            f"checkpoint {path} is not a plain-tensor checkpoint: it asks to run "
+            f"{called.group(1).rstrip('.,')}, so it was not loaded; {instead}"
         ) from None
+    except Exception:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(f"checkpoint {path} is corrupted or truncated; {instead}") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {path} holds no model state; is it one of ours?")
     return state

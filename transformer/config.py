@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -26,6 +27,7 @@ from typing import Any
 import yaml
 
 from transformer.errors import UserError
+from transformer.files import atomic_write
 
 # YAML 1.1 (PyYAML) reads a float without a dot, such as 5e-4, as a string.
 _SCIENTIFIC = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+")
@@ -58,6 +60,15 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(key, f"must be {bound} (got {value})")
 
 
+def _finite(section: object) -> None:
+    """Every float setting of a config section (lists of floats too) must be a finite number."""
+    for item in dataclasses.fields(section):  # type: ignore[arg-type]
+        value = getattr(section, item.name)
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(item.name, f"must be a finite number (got {value})")
+
+
 def _probability(key: str, value: float) -> None:
     if not 0.0 <= value < 1.0:
         raise ConfigError(key, f"must be in [0, 1) (got {value})")
@@ -87,6 +98,7 @@ class ModelConfig:
     pad_id: int = 0
 
     def __post_init__(self) -> None:
+        _finite(self)
         for name in ("src_vocab_size", "tgt_vocab_size"):
             value = getattr(self, name)
             if value is not None:
@@ -153,6 +165,7 @@ class TokenizerConfig:
     tgt_model_file: str | None = None
 
     def __post_init__(self) -> None:
+        _finite(self)
         _choice("kind", self.kind, ("unigram", "bpe"))
         if self.vocab_size < 8:
             raise ConfigError("vocab_size", f"must be >= 8 (got {self.vocab_size})")
@@ -184,6 +197,7 @@ class CorpusConfig:
     tgt_field: str = "tgt"
 
     def __post_init__(self) -> None:
+        _finite(self)
         _choice("format", self.format, ("text", "table", "hub"))
         if self.format == "text" and not (self.src_path and self.tgt_path):
             raise ConfigError("src_path", "format 'text' needs src_path and tgt_path")
@@ -204,6 +218,7 @@ class DataConfig:
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
+        _finite(self)
         _positive("max_length", self.max_length)
         if self.max_length_ratio < 1.0:
             raise ConfigError("max_length_ratio", f"must be >= 1 (got {self.max_length_ratio})")
@@ -232,6 +247,7 @@ class TrainingConfig:
     min_lr: float = 0.0
     label_smoothing: float = 0.1
     clip_grad_norm: float = 1.0
+    max_bad_steps: int = 5  # stop after this many steps in a row with a non-finite loss or gradient
     log_every: int = 100
     eval_every: int = 1000
     save_every: int = 0
@@ -242,6 +258,7 @@ class TrainingConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
+        _finite(self)
         _choice("precision", self.precision, ("fp32", "bf16", "fp16"))
         _choice("schedule", self.schedule, ("noam", "inverse_sqrt", "cosine", "constant"))
         for name in ("max_steps", "max_epochs", "batch_tokens", "accumulate_steps"):
@@ -256,6 +273,7 @@ class TrainingConfig:
         _positive("optimizer_eps", self.optimizer_eps)
         _positive("weight_decay", self.weight_decay, allow_zero=True)
         _positive("clip_grad_norm", self.clip_grad_norm, allow_zero=True)
+        _positive("max_bad_steps", self.max_bad_steps)
         _positive("save_every", self.save_every, allow_zero=True)
         _positive("keep_best", self.keep_best, allow_zero=True)
         _positive("eval_samples", self.eval_samples, allow_zero=True)
@@ -282,6 +300,7 @@ class DecodingConfig:
     batch_tokens: int = 4000
 
     def __post_init__(self) -> None:
+        _finite(self)
         _positive("beam_size", self.beam_size)
         _positive("nbest", self.nbest)
         if self.nbest > self.beam_size:
@@ -400,6 +419,19 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config mappings, as "key: old -> new"."""
+    changes = []
+    for key in sorted(old.keys() | new.keys()):
+        dotted = f"{prefix}.{key}" if prefix else key
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            changes += config_changes(before, after, dotted)
+        elif before != after:
+            changes.append(f"{dotted}: {before} -> {after}")
+    return changes
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Split one `key=value` override; the value is parsed as YAML (so 5e-4 is a float)."""
     if "=" not in text:
@@ -465,5 +497,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (what `load_config` reads back)."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
+    """Write the resolved config as YAML (what `load_config` reads back), atomically."""
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    with atomic_write(path) as handle:
+        handle.write(text.encode("utf-8"))

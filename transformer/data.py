@@ -20,8 +20,6 @@ import gzip
 import hashlib
 import itertools
 import logging
-import os
-import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ import pyarrow.compute as pc
 from transformer.batching import Batch, collate_flat
 from transformer.config import CorpusConfig
 from transformer.errors import UserError
+from transformer.files import atomic_write
 from transformer.tokenizer import EOS_ID, PAD_ID, TokenizerPair
 
 logger = logging.getLogger(__name__)
@@ -483,11 +482,5 @@ def _load_cache(path: Path) -> dict[str, np.ndarray] | None:
 def _save_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write the cache file atomically: a crash never leaves a half-written cache behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        np.savez(handle, **arrays)

@@ -40,6 +40,14 @@ class DistributedContext:
         dist.broadcast(tensor, src=0)
         return bool(tensor.item())
 
+    def any_rank(self, flag: bool, device: torch.device) -> bool:
+        """Whether `flag` is true on any rank; every rank must call this at the same point."""
+        if not self.enabled:
+            return flag
+        tensor = torch.tensor([1 if flag else 0], device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return bool(tensor.item())
+
 
 def context_from_environment() -> DistributedContext:
     """Rank, world size and local rank from torchrun's RANK, WORLD_SIZE, LOCAL_RANK."""

@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from transformer.checkpoint import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_DIR, checkpoint_dir
-from transformer.config import Config, ConfigError, save_config
+from transformer.checkpoint import (
+    CACHE_DIR,
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    TOKENIZER_DIR,
+    checkpoint_dir,
+)
+from transformer.config import (
+    Config,
+    ConfigError,
+    config_changes,
+    config_to_dict,
+    load_config,
+    save_config,
+)
 from transformer.data import DataError, EncodedCorpus, encode_corpus, iter_sentences, load_corpus
 from transformer.distributed import DistributedContext
 from transformer.errors import UserError
+from transformer.files import os_reason
+from transformer.lock import RunLock
 from transformer.model import Transformer
 from transformer.tokenizer import PAD_ID, TokenizerPair, load_tokenizers, train_tokenizers
 
@@ -29,31 +47,175 @@ class PreparedData:
     valid: EncodedCorpus | None
 
 
-def check_run_directory(run_dir: Path, resume: bool) -> None:
-    """Refuse to overwrite a run, and refuse to resume one that is not there."""
-    holds_run = (run_dir / CONFIG_FILE).exists() or (run_dir / CHECKPOINT_DIR).exists()
-    if resume:
-        if not (checkpoint_dir(run_dir) / "last.pt").is_file():
+@dataclass
+class RunStart:
+    """How a training starts: its config and, when it continues a run, the checkpoint."""
+
+    config: Config
+    resume_from: Path | None = None  # last.pt; None: from step 0
+    reuse_tokenizer: bool = False  # load the run's tokenizer rather than train a new one
+
+
+def plan_run(
+    run_dir: Path, config_path: Path | None, overrides: list[str], resume: bool
+) -> RunStart:
+    """Decide, from the command line and what `run_dir` holds, how to start; writes nothing.
+
+    A new run needs --config and a directory without checkpoints (one with only a config,
+    left by a run stopped before its first checkpoint, starts afresh). --resume continues
+    from last.pt with the run's config.yaml, or with --config if given; either may be
+    changed by --set, but not in model.* or tokenizer.* (see `check_resume_changes`).
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--run-dir {run_dir} is not a directory")
+    config_file = run_dir / CONFIG_FILE
+    last = checkpoint_dir(run_dir) / "last.pt"
+    has_checkpoints = any(checkpoint_dir(run_dir).glob("*.pt"))
+    if not resume:
+        if has_checkpoints:
             raise UserError(
-                f"--resume: {run_dir} has no checkpoints/last.pt to resume from; "
-                "drop --resume to start a new run"
+                f"run directory {run_dir} already holds a run; continue it with --resume, "
+                "or choose another --run-dir"
             )
-    elif holds_run:
+        if config_path is None:
+            raise UserError("give --config FILE to start a new run")
+        config = load_config(config_path, overrides)
+        if config_file.is_file():
+            logger.info(
+                "%s holds a config but no checkpoint (a run stopped before its first one): "
+                "starting afresh",
+                run_dir,
+            )
+        return RunStart(config)
+    if not config_file.is_file():
         raise UserError(
-            f"run directory {run_dir} already holds a run; continue it with --resume, "
-            "or choose another --run-dir"
+            f"--resume: {run_dir} holds no run to resume (no {CONFIG_FILE}, no "
+            f"{CHECKPOINT_DIR}/{last.name}); drop --resume to start one"
         )
+    saved = load_config(config_file)
+    config = load_config(config_path or config_file, overrides)
+    check_resume_changes(saved, config, run_dir)
+    if last.is_file():
+        return RunStart(config, resume_from=last, reuse_tokenizer=True)
+    if has_checkpoints:
+        raise UserError(
+            f"--resume: {run_dir} has checkpoints but no {last.name} to resume from; "
+            f"resume from a copy of one of them as {last}, or start a new run"
+        )
+    logger.info(
+        "%s has no checkpoint yet (the run stopped before its first one): starting afresh "
+        "from its %s",
+        run_dir,
+        CONFIG_FILE,
+    )
+    return RunStart(config, reuse_tokenizer=(run_dir / TOKENIZER_DIR).is_dir())
+
+
+def check_resume_changes(saved: Config, config: Config, run_dir: Path) -> None:
+    """Refuse changes to model.* and tokenizer.* on resume; log the other changes.
+
+    Vocabulary sizes left out (null) in `config` are the run's.
+    """
+    model = config.model
+    if model.src_vocab_size is None and model.tgt_vocab_size is None:
+        model = dataclasses.replace(
+            model,
+            src_vocab_size=saved.model.src_vocab_size,
+            tgt_vocab_size=saved.model.tgt_vocab_size,
+        )
+    changes = config_changes(
+        config_to_dict(saved), config_to_dict(dataclasses.replace(config, model=model))
+    )
+    fixed = [change for change in changes if change.startswith(("model.", "tokenizer."))]
+    if fixed:
+        raise UserError(
+            f"cannot resume {run_dir} with a changed model or tokenizer ({'; '.join(fixed)}); "
+            "they are fixed by its checkpoints: start a new run (another --run-dir) instead"
+        )
+    if changes:
+        logger.info("resuming with changes to %s: %s", run_dir / CONFIG_FILE, "; ".join(changes))
+
+
+class RunDirectory:
+    """A run directory while a training sets it up and uses it.
+
+    Rank 0 holds its lock (`transformer.lock`) until the end. Until `commit`, nothing of the
+    run is in place: a new tokenizer is trained into `staging`, config.yaml and train.log are
+    not written; if setting up fails, what was created is removed again.
+    """
+
+    def __init__(self, path: Path, context: DistributedContext) -> None:
+        self.path = path
+        self.context = context
+        self.staging = path / f".{TOKENIZER_DIR}.new"
+        self.lock = RunLock(path)
+        self.created: list[Path] = []  # made by this process: the run dir, parents, cache
+        self.committed = False
+
+    def __enter__(self) -> RunDirectory:
+        if self.context.is_main:
+            self.created = [p for p in [self.path, *self.path.parents] if not p.exists()]
+            if not (self.path / CACHE_DIR).exists():
+                self.created.append(self.path / CACHE_DIR)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise UserError(f"cannot create {self.path}: {os_reason(error)}") from None
+            try:
+                self.lock.acquire()
+            except BaseException:
+                self._remove_created()
+                raise
+        return self
+
+    def commit(self, config: Config, new_tokenizer: bool) -> None:
+        """Put the run in place: the new tokenizer (if trained) and config.yaml, atomically."""
+        if self.context.is_main:
+            if new_tokenizer:
+                tokenizer = self.path / TOKENIZER_DIR
+                old = self.path / f".{TOKENIZER_DIR}.old"
+                shutil.rmtree(old, ignore_errors=True)
+                if tokenizer.exists():
+                    os.replace(tokenizer, old)
+                os.replace(self.staging, tokenizer)
+                shutil.rmtree(old, ignore_errors=True)
+            save_config(config, self.path / CONFIG_FILE)
+        self.committed = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self.context.is_main:
+            return
+        self.lock.release()
+        if not self.committed:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self._remove_created()
+
+    def _remove_created(self) -> None:
+        """Remove what this process made: the run directory, its parents if empty, the cache."""
+        for path in self.created:
+            if path in (self.path, self.path / CACHE_DIR):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
 
 
 def prepare_data(
-    config: Config, run_dir: Path, context: DistributedContext, resume: bool
+    config: Config,
+    run_dir: Path,
+    context: DistributedContext,
+    resume: bool,
+    tokenizer_dir: Path | None = None,
 ) -> PreparedData:
-    """Load the corpora, train (or reload) the tokenizers, and encode both splits."""
+    """Load the corpora, train (or, when `resume`, reload) the tokenizers, encode both splits.
+
+    The tokenizers live in `tokenizer_dir` (by default the run's tokenizer/ directory).
+    """
     if config.data.train is None:
         raise ConfigError("data.train", "a training corpus is required to train")
     train_raw = load_corpus(config.data.train, "data.train")
     valid_raw = load_corpus(config.data.valid, "data.valid") if config.data.valid else None
-    tokenizer_dir = run_dir / TOKENIZER_DIR
+    tokenizer_dir = tokenizer_dir or run_dir / TOKENIZER_DIR
     if not resume:
         if context.is_main:
             tokenizer_dir.mkdir(parents=True, exist_ok=True)
@@ -65,7 +227,7 @@ def prepare_data(
             )
         context.barrier()
     tokenizers = load_tokenizers(tokenizer_dir)
-    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else run_dir / "cache"
+    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else run_dir / CACHE_DIR
     if context.enabled and not context.is_main:
         context.barrier()  # rank 0 encodes first; the others then read its cache
     train = encode_corpus(
@@ -133,7 +295,12 @@ def resolve_model_config(config: Config, tokenizers: TokenizerPair) -> Config:
 
 
 def build_model(config: Config, seed: int, device: torch.device) -> Transformer:
-    """The model of `config.model`, initialised from `seed`, on `device`."""
+    """The model of `config.model`, initialised from `seed`, on `device`.
+
+    The one place training seeds torch's generator: what the model's initialisation leaves
+    of it drives dropout next. Each process of a distributed run passes seed + rank, so that
+    they draw different dropout masks (DistributedDataParallel gives them rank 0's weights).
+    """
     torch.manual_seed(seed)
     model = Transformer(config.model).to(device)
     logger.info(
@@ -146,9 +313,3 @@ def build_model(config: Config, seed: int, device: torch.device) -> Transformer:
         config.model.d_ff,
     )
     return model
-
-
-def write_config(config: Config, run_dir: Path, context: DistributedContext) -> None:
-    """Save the resolved config into the run directory (rank 0 only)."""
-    if context.is_main:
-        save_config(config, run_dir / CONFIG_FILE)

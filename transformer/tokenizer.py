@@ -22,7 +22,6 @@ import math
 import os
 import random
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import sentencepiece as spm
 
 from transformer.config import TokenizerConfig
 from transformer.errors import UserError
+from transformer.files import atomic_write
 from transformer.special_ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 logger = logging.getLogger(__name__)
@@ -292,15 +292,8 @@ def _train_model(sentences: list[str], config: TokenizerConfig, what: str) -> by
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file next to `path`, then rename it into place."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        handle.write(data)
 
 
 __all__ = [

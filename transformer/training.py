@@ -6,11 +6,13 @@ Shape legend: B batch, S source length, T target length, V target vocabulary.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ from transformer.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from transformer.config import Config, config_to_dict
+from transformer.config import Config, config_changes, config_to_dict
 from transformer.data import EncodedCorpus
 from transformer.device import autocast_dtype
 from transformer.distributed import DistributedContext
@@ -40,6 +42,8 @@ from transformer.search import greedy_search
 from transformer.tokenizer import PAD_ID, TokenizerPair
 
 logger = logging.getLogger(__name__)
+
+DIVERGED = "diverged"
 
 
 @dataclass
@@ -68,18 +72,23 @@ class Progress:
     best_metric: float | None = None
     evals_without_improvement: int = 0
     kept: list[list[Any]] = field(default_factory=list)  # [[metric, file name], ...]
+    skipped_steps: int = 0  # steps whose update was skipped: non-finite loss or gradient norm
+    bad_steps_in_a_row: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only, as `torch.load(weights_only=True)` requires."""
-        return {
-            "step": self.step,
-            "epoch": self.epoch,
-            "next_batch": self.next_batch,
-            "train_seconds": self.train_seconds,
-            "best_metric": self.best_metric,
-            "evals_without_improvement": self.evals_without_improvement,
-            "kept": self.kept,
-        }
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class StopRequest:
+    """Asks a training to stop at the next step boundary; the CLI sets it from a signal."""
+
+    signum: int | None = None
+
+
+class DivergenceError(UserError):
+    """The loss, the gradients or the parameters became non-finite; nothing of it was saved."""
 
 
 class Trainer:
@@ -106,6 +115,9 @@ class Trainer:
         self.device = device
         self.context = context or DistributedContext()
         self.progress = Progress()
+        self.stop = StopRequest()
+        self.stop_reason = ""  # why `train` stopped, for the last log line
+        self.saved_step = -1  # the step last.pt holds (when this process wrote it)
         self.amp_dtype = autocast_dtype(self.cfg.precision, device)
         self.optimizer = torch.optim.Adam(
             model.parameters(),
@@ -151,6 +163,14 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore model, optimizer, scaler, progress and random-number states."""
+        saved_model = state.get("config", {}).get("model")
+        current = config_to_dict(self.config)["model"]
+        changes = config_changes(saved_model, current, "model") if saved_model else []
+        if changes:
+            raise UserError(
+                f"checkpoint holds another model than the run's config ({'; '.join(changes)}); "
+                "resume with the config it was trained with, or start a new run directory"
+            )
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -169,7 +189,9 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         """Continue from a checkpoint written by `save`."""
-        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        instead = f"start a new run, or restore {path.name} from a copy"
+        self.load_state_dict(load_checkpoint(path, map_location=self.device, instead=instead))
+        self.saved_step = self.progress.step
         logger.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
             path,
@@ -185,6 +207,8 @@ class Trainer:
         """
         if not self.context.is_main:
             return
+        if not self.parameters_finite():
+            raise self.diverged("the parameters hold non-finite values")
         directory = checkpoint_dir(self.run_dir)
         keep_name, dropped = None, []
         if result is not None and self.cfg.keep_best > 0:
@@ -206,6 +230,29 @@ class Trainer:
             (directory / name).unlink(missing_ok=True)
         if improved:
             link_checkpoint(last, directory / "best.pt")
+        self.saved_step = self.progress.step
+
+    def parameters_finite(self) -> bool:
+        """Whether every parameter is finite (one wait for the device)."""
+        checks = [parameter.isfinite().all() for parameter in self.model.parameters()]
+        return bool(torch.stack(checks).all())
+
+    def diverged(self, what: str) -> DivergenceError:
+        """The error that ends a diverged training: what happened, and which setting to lower."""
+        key = "lr_scale" if self.cfg.schedule == "noam" else "lr"
+        value = getattr(self.cfg, key)
+        last = checkpoint_dir(self.run_dir) / "last.pt"
+        since = (
+            f"continue from {last} (step {self.saved_step}) with "
+            f"--resume --set training.{key}={value / 2:g}"
+            if self.saved_step >= 0
+            else f"start again with --set training.{key}={value / 2:g}"
+        )
+        return DivergenceError(
+            f"training diverged at step {self.progress.step}: {what}; nothing non-finite was "
+            f"saved. Lower training.{key} (now {value:g}) or raise training.warmup_steps (now "
+            f"{self.cfg.warmup_steps}): {since}"
+        )
 
     # ------------------------------------------------------------------ steps
 
@@ -218,8 +265,9 @@ class Trainer:
     def train_step(self, batches: list[list[int]]) -> tuple[Tensor, int]:
         """One optimizer step over `batches` (gradient accumulation).
 
-        Returns the summed loss as a tensor on the device (reading it would wait for the GPU)
-        and the number of target tokens.
+        Returns the summed loss as a tensor on the device and the number of target tokens.
+        A step whose loss or gradient norm is not finite changes nothing but the step count
+        (reading the two flags is the step's one wait for the GPU).
         """
         if not self.model.training:  # validation switched to eval; .train() walks every module
             self.network.train()
@@ -245,14 +293,35 @@ class Trainer:
         lr = learning_rate(step, self.cfg, self.config.model.d_model)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if self.cfg.clip_grad_norm > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
-        self.scaler.step(self.optimizer)
+        self.scaler.unscale_(self.optimizer)  # true gradients for the norm (no-op in fp32)
+        norm = self.gradient_norm()
+        loss_finite, norm_finite = torch.stack([loss_total.isfinite(), norm.isfinite()]).tolist()
+        if loss_finite and norm_finite:
+            self.scaler.step(self.optimizer)
+            self.progress.bad_steps_in_a_row = 0
+        elif not loss_finite or not self.scaler.is_enabled():
+            # With fp16 an overflowing gradient alone is the scaler's business: it skips the
+            # step and lowers its scale. Anything else non-finite is a bad step.
+            self.progress.skipped_steps += 1
+            self.progress.bad_steps_in_a_row += 1
+            logger.warning(
+                "step %d: non-finite %s; update skipped (%d in a row; training.max_bad_steps %d)",
+                step,
+                "loss" if not loss_finite else "gradient norm",
+                self.progress.bad_steps_in_a_row,
+                self.cfg.max_bad_steps,
+            )
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.progress.step = step
         return loss_total, num_tokens
+
+    def gradient_norm(self) -> Tensor:
+        """The gradients' total norm (before clipping them to training.clip_grad_norm, if set)."""
+        if self.cfg.clip_grad_norm > 0:
+            return nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return nn.utils.get_total_norm(grads)
 
     # ------------------------------------------------------------------ validation
 
@@ -272,6 +341,9 @@ class Trainer:
         nll_sum, tokens = 0.0, 0
         hypotheses: dict[int, str] = {}
         for indices in sampler.batches(0):
+            if self.stop.signum is not None:  # asked to stop: save without waiting for this
+                logger.info("validation cut short: stopping")
+                return None
             batch = self.valid_data.collate(indices, PAD_ID).to(self.device)
             with self.autocast():
                 logits = self.model(batch.src, batch.tgt_in)
@@ -356,14 +428,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def train(self) -> Progress:
-        """Train until max_steps, max_epochs or max_time_minutes, or early stopping.
+    def train(self, stop: StopRequest | None = None) -> Progress:
+        """Train until a limit, early stopping, a stop request, or divergence.
 
-        Time counts across resumptions: `progress.train_seconds` is saved in checkpoints.
+        The limits are max_steps, max_epochs and max_time_minutes; time counts across
+        resumptions (`progress.train_seconds` is saved in checkpoints), and each is checked
+        before the first step too, so a resumed run with a raised limit continues and one
+        with a reached limit stops at once. `stop` (set from a signal) ends training at the
+        next step boundary with last.pt saved. Too many non-finite steps in a row raise
+        `DivergenceError`. `self.stop_reason` and the last log line say why training stopped.
         """
         cfg, progress = self.cfg, self.progress
+        self.stop = stop or StopRequest()
         start_time = time.perf_counter() - progress.train_seconds
-        time_limit = cfg.max_time_minutes * 60 if cfg.max_time_minutes > 0 else math.inf
         bar = tqdm(
             total=cfg.max_steps,
             initial=progress.step,
@@ -374,9 +451,9 @@ class Trainer:
         window_loss = torch.zeros((), device=self.device)  # summed on the device: no waiting
         window_tokens, window_start = 0, time.perf_counter()
         last_eval_step = progress.step
-        stop = progress.step >= cfg.max_steps
         train_loss, lr = math.nan, 0.0
-        while not stop and progress.epoch < cfg.max_epochs:
+        reason = self.limit_reached()
+        while reason is None:
             batches = self.sampler.batches(progress.epoch)
             while progress.next_batch < len(batches):
                 group = batches[progress.next_batch : progress.next_batch + cfg.accumulate_steps]
@@ -387,6 +464,9 @@ class Trainer:
                 window_tokens += tokens
                 lr = self.optimizer.param_groups[0]["lr"]
                 bar.update(1)
+                if progress.bad_steps_in_a_row >= cfg.max_bad_steps:
+                    reason = DIVERGED
+                    break
                 log_now = progress.step % cfg.log_every == 0
                 if log_now or progress.step % cfg.eval_every == 0 or progress.step % 10 == 0:
                     train_loss = float(window_loss) / max(window_tokens, 1)  # waits for the GPU
@@ -406,26 +486,71 @@ class Trainer:
                 if progress.step % cfg.eval_every == 0:
                     last_eval_step = progress.step
                     if self.evaluate_and_save(train_loss, lr, progress.train_seconds):
-                        stop = True
+                        reason = (
+                            "early stopping: no improvement in "
+                            f"{cfg.early_stopping_patience} validations "
+                            "(training.early_stopping_patience)"
+                        )
                         break
                 elif cfg.save_every and progress.step % cfg.save_every == 0:
                     self.save(None)
-                if progress.step >= cfg.max_steps or progress.train_seconds >= time_limit:
-                    stop = True
+                if self.stop_requested():
+                    reason = f"interrupted by {signal.Signals(self.stop.signum).name}"
+                    break
+                reason = self.limit_reached()
+                if reason is not None:
                     break
             else:
                 progress.epoch += 1
                 progress.next_batch = 0
+                reason = self.limit_reached()
         bar.close()
-        if last_eval_step != progress.step:
+        self.stop_reason = reason
+        if reason == DIVERGED:
+            self.log_stop()
+            raise self.diverged(
+                f"{cfg.max_bad_steps} steps in a row had a non-finite loss or gradient norm "
+                f"(training.max_bad_steps; {progress.skipped_steps} skipped in all)"
+            )
+        if reason.startswith("interrupted"):
+            if self.saved_step != progress.step:
+                self.save(None)
+        elif last_eval_step != progress.step:
             self.evaluate_and_save(train_loss, lr, progress.train_seconds)
-        logger.info(
-            "training finished at step %d (epoch %d) after %.1f s",
-            progress.step,
-            progress.epoch + 1,
-            progress.train_seconds,
-        )
+        self.log_stop()
         return progress
+
+    def limit_reached(self) -> str | None:
+        """Which of max_steps, max_epochs and max_time_minutes is reached, if any."""
+        cfg, progress = self.cfg, self.progress
+        if progress.step >= cfg.max_steps:
+            return f"reached training.max_steps ({cfg.max_steps})"
+        if progress.epoch >= cfg.max_epochs:
+            return f"reached training.max_epochs ({cfg.max_epochs})"
+        if 0 < cfg.max_time_minutes * 60 <= progress.train_seconds:
+            return f"reached training.max_time_minutes ({cfg.max_time_minutes:g})"
+        return None
+
+    def stop_requested(self) -> bool:
+        """Whether to stop now; with several processes, all agree (every 10th step)."""
+        requested = self.stop.signum is not None
+        if not self.context.enabled:
+            return requested
+        if self.progress.step % 10 or not self.context.any_rank(requested, self.device):
+            return False
+        if self.stop.signum is None:  # another process was asked
+            self.stop.signum = signal.SIGTERM
+        return True
+
+    def log_stop(self) -> None:
+        """The last log line of every training: where and why it stopped."""
+        logger.info(
+            "training stopped at step %d (epoch %d) after %.1f s: %s",
+            self.progress.step,
+            self.progress.epoch + 1,
+            self.progress.train_seconds,
+            self.stop_reason,
+        )
 
 
 def link_checkpoint(source: Path, target: Path) -> None:

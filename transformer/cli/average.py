@@ -17,6 +17,7 @@ from pathlib import Path
 from transformer.averaging import average_checkpoints, select_best, select_last
 from transformer.checkpoint import CheckpointError, checkpoint_dir, save_checkpoint
 from transformer.cli.common import run_command, setup_logging
+from transformer.files import refuse_same_file
 
 logger = logging.getLogger("transformer.cli.average")
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line options of transformer-average."""
     parser = argparse.ArgumentParser(
         prog="transformer-average",
+        allow_abbrev=False,
         description="Average the parameters of several checkpoints of one run "
         "(the run's checkpoints/step_*.pt files).",
     )
@@ -57,8 +59,9 @@ def _main(argv: list[str] | None) -> int:
         paths = select_best(args.run, args.best)
     else:
         paths = select_last(args.run, args.last)
-    state = average_checkpoints(paths)
     output = args.output or checkpoint_dir(args.run) / "averaged.pt"
+    refuse_same_file(output, [("the input checkpoint", path) for path in paths])
+    state = average_checkpoints(paths)
     save_checkpoint(state, output)
     logger.info("wrote %s (the mean of %d checkpoints, step %d)", output, len(paths), state["step"])
     return 0

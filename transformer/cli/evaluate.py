@@ -20,16 +20,15 @@ import sys
 from pathlib import Path
 
 from transformer.cli.common import run_command, setup_logging
-from transformer.cli.translate import (
+from transformer.cli.decoding import (
     add_decoding_flags,
     decoding_from_args,
     load_translator,
-    open_output,
     positive_flags,
-    read_lines,
 )
 from transformer.errors import UserError
 from transformer.evaluate import Scores, corpus_scores
+from transformer.files import open_output, read_lines, refuse_same_file
 from transformer.translator import read_run_config
 
 logger = logging.getLogger("transformer.cli.evaluate")
@@ -39,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line options of transformer-evaluate."""
     parser = argparse.ArgumentParser(
         prog="transformer-evaluate",
+        allow_abbrev=False,
         description="Translate --source with --run and score it against --reference "
         "(sacreBLEU BLEU and chrF), or score existing --hypotheses.",
     )
@@ -68,6 +68,8 @@ def _main(argv: list[str] | None) -> int:
         raise UserError("give either --hypotheses, or --run with --source, not both")
     if not args.hypotheses and not (args.run and args.source):
         raise UserError("give --run and --source to translate, or --hypotheses to score")
+    inputs = [("--source", args.source), ("--hypotheses", args.hypotheses)]
+    refuse_same_file(args.output, inputs + [("--reference", path) for path in args.reference])
     references = [read_lines(path) for path in args.reference]
     if args.hypotheses:
         hypotheses = read_lines(args.hypotheses)

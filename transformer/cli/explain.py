@@ -20,12 +20,12 @@ import sys
 from pathlib import Path
 
 from transformer.attention_plots import MissingExtraError, write_attention_figures
-from transformer.checkpoint import atomic_write_bytes
 from transformer.cli.common import run_command, setup_logging
-from transformer.cli.translate import DTYPES
+from transformer.cli.decoding import DTYPES
 from transformer.config import DecodingConfig
 from transformer.errors import UserError
 from transformer.explain import Explanation, Stage, explain, slug
+from transformer.files import atomic_write
 from transformer.translator import Translator
 
 logger = logging.getLogger("transformer.cli.explain")
@@ -86,10 +86,8 @@ def write_explanation(explanation: Explanation, directory: Path) -> list[Path]:
     if directory.exists() and not directory.is_dir():
         raise UserError(f"--output {directory} is a file; give a directory")
     data = json.dumps(explanation.to_json(), ensure_ascii=False).encode("utf-8")
-    try:
-        atomic_write_bytes(directory / JSON_FILE, lambda handle: handle.write(data))
-    except OSError as error:
-        raise UserError(f"cannot write {directory / JSON_FILE}: {error.strerror}") from None
+    with atomic_write(directory / JSON_FILE) as handle:
+        handle.write(data)
     written = [directory / JSON_FILE]
     try:
         written += write_attention_figures(explanation, directory)

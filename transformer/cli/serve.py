@@ -23,7 +23,7 @@ import torch
 
 from transformer.checkpoint import resolve_checkpoint
 from transformer.cli.common import run_command, setup_logging
-from transformer.cli.translate import DTYPES
+from transformer.cli.decoding import DTYPES
 from transformer.device import resolve_device
 from transformer.errors import UserError
 from transformer.serve.settings import ServeSettings

@@ -3,30 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import logging.handlers
+import shlex
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from transformer.checkpoint import CONFIG_FILE, LOG_FILE, checkpoint_dir
-from transformer.cli.common import add_override_flag, run_command, setup_logging
-from transformer.config import load_config
+from transformer.checkpoint import LOG_FILE, checkpoint_dir
+from transformer.cli.common import Interrupted, add_override_flag, run_command, setup_logging
 from transformer.device import resolve_device
 from transformer.distributed import (
+    DistributedContext,
     context_from_environment,
     destroy_process_group,
     init_process_group,
 )
 from transformer.errors import UserError
 from transformer.run import (
+    RunDirectory,
+    RunStart,
     build_model,
-    check_run_directory,
+    plan_run,
     prepare_data,
     resolve_model_config,
-    write_config,
 )
-from transformer.training import Trainer
+from transformer.training import Progress, StopRequest, Trainer
 
 logger = logging.getLogger("transformer")
 
@@ -35,10 +41,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line of transformer-train."""
     parser = argparse.ArgumentParser(
         prog="transformer-train",
+        allow_abbrev=False,
         description="Train an encoder-decoder Transformer from a YAML config. "
         "Run under `torchrun --nproc_per_node=N` to train on N GPUs (or CPU processes).",
     )
-    parser.add_argument("--config", type=Path, help="YAML config (not needed with --resume)")
+    parser.add_argument(
+        "--config", type=Path, help="YAML config (with --resume: replaces the run's config)"
+    )
     add_override_flag(parser)
     parser.add_argument(
         "--run-dir", type=Path, help="where to write the run (default: runs/<config name>)"
@@ -51,7 +60,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def train(argv: list[str] | None = None) -> int:
-    """Parse the command line, set up the run, and train."""
+    """Parse the command line, set up the run, and train.
+
+    Everything is checked (config, data, tokenizer, model, checkpoint) before the run
+    directory gets its config.yaml and train.log; until then a failure leaves it as it was.
+    """
     args = parse_args(argv)
     setup_logging(args.verbose)
     if args.run_dir is None:
@@ -59,52 +72,141 @@ def train(argv: list[str] | None = None) -> int:
             raise UserError("give --config (and optionally --run-dir), or --run-dir with --resume")
         args.run_dir = Path("runs") / args.config.stem
     run_dir: Path = args.run_dir
-    check_run_directory(run_dir, args.resume)
-    if args.resume:
-        config = load_config(run_dir / CONFIG_FILE, args.overrides)
-    elif args.config is None:
-        raise UserError("give --config FILE to start a new run")
-    else:
-        config = load_config(args.config, args.overrides)
-
+    stop = StopRequest()
     context = context_from_environment()
-    device = resolve_device(config.training.device)
-    if context.enabled and device.type == "cuda":
-        device = torch.device("cuda", context.local_rank)
-        torch.cuda.set_device(device)
-    init_process_group(context, device)
-    try:
-        if context.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8")
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-            logging.getLogger().addHandler(handler)
-        else:
-            logging.getLogger("transformer").setLevel(logging.WARNING)
+    if not context.is_main:
+        logging.getLogger("transformer").setLevel(logging.WARNING)
+    with _log_buffer() as log:
+        start = plan_run(run_dir, args.config, args.overrides, args.resume)
+        device = resolve_device(start.config.training.device)
+        if context.enabled and device.type == "cuda":
+            device = torch.device("cuda", context.local_rank)
+            torch.cuda.set_device(device)
+        init_process_group(context, device)
+        try:
+            progress = _set_up_and_train(start, run_dir, device, context, log, stop)
+        finally:
+            destroy_process_group(context)
+    if stop.signum is not None:
+        return _interrupted(stop.signum, progress.step, run_dir, context)
+    if context.is_main:
+        best = progress.best_metric
+        summary = f"best validation BLEU {best:.2f}" if best is not None and best >= 0 else ""
+        run_arg = shlex.quote(str(run_dir))
+        sys.stderr.write(
+            f"done: {progress.step} steps; {summary}\n"
+            f'translate with: transformer-translate --run {run_arg} --text "..."\n'
+        )
+    return 0
+
+
+def _set_up_and_train(
+    start: RunStart,
+    run_dir: Path,
+    device: torch.device,
+    context: DistributedContext,
+    log: _LogBuffer,
+    stop: StopRequest,
+) -> Progress:
+    """Tokenizers, data, model and checkpoint; then put the run in place and train."""
+    config = start.config
+    with StopOnSignals(stop) as signals, RunDirectory(run_dir, context) as run:
         logger.info(
             "run directory %s, device %s, %d process(es)", run_dir, device, context.world_size
         )
-        data = prepare_data(config, run_dir, context, args.resume)
+        tokenizer_dir = None if start.reuse_tokenizer else run.staging
+        data = prepare_data(config, run_dir, context, start.reuse_tokenizer, tokenizer_dir)
         config = resolve_model_config(config, data.tokenizers)
-        write_config(config, run_dir, context)
-        model = build_model(config, config.training.seed, device)
-        torch.manual_seed(config.training.seed + context.rank)
+        model = build_model(config, config.training.seed + context.rank, device)
         trainer = Trainer(
             config, model, data.tokenizers, data.train, data.valid, run_dir, device, context
         )
-        if args.resume:
-            trainer.resume(checkpoint_dir(run_dir) / "last.pt")
-        progress = trainer.train()
+        if start.resume_from is not None:
+            trainer.resume(start.resume_from)
+        run.commit(config, new_tokenizer=not start.reuse_tokenizer)
         if context.is_main:
-            best = progress.best_metric
-            summary = f"best validation BLEU {best:.2f}" if best is not None and best >= 0 else ""
-            sys.stderr.write(
-                f"done: {progress.step} steps; {summary}\n"
-                f'translate with: transformer-translate --run {run_dir} --text "..."\n'
-            )
+            log.write_to(run_dir / LOG_FILE)
+        signals.armed = True
+        return trainer.train(stop)
+
+
+def _interrupted(signum: int, step: int, run_dir: Path, context: DistributedContext) -> int:
+    """Say what was saved and how to continue; the exit code is 128 + the signal number."""
+    if context.is_main:
+        resume = f"--run-dir {shlex.quote(str(run_dir))} --resume"
+        command = (
+            f"torchrun <the same options> -m transformer.cli.train {resume}"
+            if context.enabled
+            else f"transformer-train {resume}"
+        )
+        sys.stderr.write(
+            f"interrupted by {signal.Signals(signum).name}: saved step {step} in "
+            f"{checkpoint_dir(run_dir) / 'last.pt'}; resume with: {command}\n"
+        )
+    return 128 + signum
+
+
+class StopOnSignals:
+    """SIGINT (Ctrl-C) and SIGTERM: stop training at the next step boundary, with last.pt saved.
+
+    Until `armed` (while setting up) a signal stops the command at once, as does a second
+    signal during training; nothing half-written is left behind either way.
+    """
+
+    def __init__(self, stop: StopRequest) -> None:
+        self.stop = stop
+        self.armed = False
+        self.previous: dict[int, object] = {}
+
+    def handle(self, signum: int, frame: object) -> None:
+        """The signal handler."""
+        if not self.armed or self.stop.signum is not None:
+            raise Interrupted(signum)
+        self.stop.signum = signum
+        logger.warning(
+            "%s: stopping after this step, with a checkpoint (again: stop at once)",
+            signal.Signals(signum).name,
+        )
+
+    def __enter__(self) -> StopOnSignals:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(number) is not signal.SIG_IGN:  # e.g. `cmd &` in a script
+                self.previous[number] = signal.signal(number, self.handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)  # type: ignore[arg-type]
+
+
+class _LogBuffer(logging.handlers.MemoryHandler):
+    """Holds the log of setting up a run until the run's train.log may be written."""
+
+    def __init__(self) -> None:
+        super().__init__(capacity=1_000_000, flushLevel=logging.CRITICAL + 1)
+
+    def write_to(self, path: Path) -> None:
+        """Log to `path` from now on, starting with what was held."""
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.setTarget(handler)
+        self.flush()
+        root = logging.getLogger()
+        root.removeHandler(self)
+        root.addHandler(handler)
+
+
+@contextlib.contextmanager
+def _log_buffer() -> Iterator[_LogBuffer]:
+    buffer = _LogBuffer()
+    root = logging.getLogger()
+    root.addHandler(buffer)
+    try:
+        yield buffer
     finally:
-        destroy_process_group(context)
-    return 0
+        root.removeHandler(buffer)
+        buffer.setTarget(None)
+        buffer.buffer.clear()
 
 
 def main(argv: list[str] | None = None) -> int:
