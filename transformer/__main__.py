@@ -10,6 +10,7 @@ COMMANDS = {
     "transformer-evaluate": "translate a test set and score it with sacreBLEU (BLEU, chrF)",
     "transformer-average": "average the parameters of several checkpoints",
     "transformer-explain": "follow a sentence through a trained model: shapes and attention",
+    "transformer-export": "export a trained run to CTranslate2 (--engine ctranslate2 decodes it)",
 }
 
 
