@@ -31,6 +31,7 @@ from typing import BinaryIO, TextIO
 import torch
 
 from transformer.cli.common import run_command, setup_logging
+from transformer.cli.engine import add_engine_flags, ctranslate2_translator, uses_ctranslate2
 from transformer.config import ConfigError, DecodingConfig
 from transformer.device import resolve_device
 from transformer.errors import UserError
@@ -239,6 +240,7 @@ def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
         help="batches decoded at once, each in its own thread with 1/N of the CPU threads "
         "(default: 2 on a CPU with 2 or more threads, else 1)",
     )
+    add_engine_flags(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -252,6 +254,8 @@ def load_translator(args: argparse.Namespace) -> Translator:
     workers = args.workers or (2 if on_cpu and torch.get_num_threads() >= 2 else 1)
     if workers > 1 and on_cpu:
         torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+    if uses_ctranslate2(args):  # --engine ctranslate2: transformer/cli/engine.py
+        return ctranslate2_translator(args, device, workers)
     return Translator.from_run(args.run, args.checkpoint, device, DTYPES[args.dtype], workers)
 
 
