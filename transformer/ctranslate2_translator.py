@@ -20,7 +20,8 @@ What CTranslate2 is asked, to decode as `transformer.search` does:
   beam_size finished hypotheses with their end token (`return_end_token`, so that a length n
   counts the EOS as ours does); each score is multiplied back by n ** length_penalty to the
   plain log-prob, and the hypotheses are re-ranked by ours, log_prob / ((5 + n) / 6) ** alpha.
-  CTranslate2's own formula only decides which finished hypotheses it keeps.
+  CTranslate2's own formula (with `ranking_penalty`) only decides which finished
+  hypotheses it keeps.
 - PAD: ours never writes it (its log-prob is set to -inf after the softmax, the others keep
   their values). CTranslate2 can only suppress a token before its softmax, which renormalizes
   every other log-prob by log(1 - p(PAD)) (about 1e-4 a token for a model trained with label
@@ -168,12 +169,17 @@ class CTranslate2Translator(Translator):
 
 
 def ranking_penalty(decoding: DecodingConfig) -> float:
-    """The `length_penalty` CTranslate2 is given: 0 for greedy (plain log-probs); for beam
-    search alpha, or a tiny one for alpha 0 (0 would switch CTranslate2 to another stopping
-    rule: the first finished best hypothesis)."""
+    """The `length_penalty` β CTranslate2 is given. Greedy: 0, so that its scores are plain
+    log-probs. Beam search: CTranslate2 keeps the PATIENCE × beam_size finished hypotheses
+    that are best by log_prob / n^β, which we then re-rank by GNMT; ((5 + n) / 6)^α grows
+    about as n^(α/2) over the lengths of short sentences (its slope in log n, α·n / (5 + n),
+    is 0.5α to 0.75α from 5 to 15 tokens), so β = α/2 keeps nearly the ones GNMT would
+    (β = α, for α = 1.5, drops short hypotheses that GNMT ranks first). Never 0: that would
+    switch CTranslate2 to another stopping rule (stop once the best hypothesis finished).
+    """
     if decoding.beam_size == 1:
         return 0.0
-    return decoding.length_penalty or 1e-6
+    return decoding.length_penalty / 2 or 1e-6
 
 
 def search_options(

@@ -18,7 +18,13 @@ import sys
 from pathlib import Path
 
 from transformer.cli.common import run_command, setup_logging
-from transformer.export import DEFAULT_EXPORT_DIR, FORMAT, QUANTIZATIONS, export_run
+from transformer.export import (
+    DEFAULT_EXPORT_DIR,
+    FORMAT,
+    QUANTIZATIONS,
+    default_export_dir,
+    export_run,
+)
 from transformer.translator import read_run_config
 
 
@@ -57,7 +63,7 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     read_run_config(args.run)  # a clear error for a path that is not a run, before the rest
-    output = args.output or args.run / DEFAULT_EXPORT_DIR
+    output = args.output or default_export_dir(args.run)
     record = export_run(args.run, output, args.checkpoint, args.quantization)
     export = "" if args.output is None else f" --export {output}"
     sys.stderr.write(
