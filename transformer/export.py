@@ -68,12 +68,10 @@ class ExportRecord:
         return config_from_dict(self.config, source)
 
     def exports(self, checkpoint: Path) -> bool:
-        """Whether this export was made from `checkpoint` as that file is now."""
-        return self.checkpoint_identity() == _checkpoint_identity(checkpoint)
-
-    def checkpoint_identity(self) -> tuple[str, int, int]:
-        """The checkpoint's path, size and modification time when it was exported."""
-        return self.checkpoint, self.checkpoint_size, self.checkpoint_mtime_ns
+        """Whether this export was made from `checkpoint` as that file is now (its path,
+        size and modification time: training rewrites a checkpoint by renaming a new file)."""
+        exported = (self.checkpoint, self.checkpoint_size, self.checkpoint_mtime_ns)
+        return exported == _checkpoint_identity(checkpoint)
 
 
 def default_export_dir(run_dir: str | Path) -> Path:
