@@ -32,7 +32,6 @@ from transformer.checkpoint import TOKENIZER_DIR, resolve_checkpoint
 from transformer.config import Config, ConfigError, config_from_dict, config_to_dict
 from transformer.ctranslate2_spec import (
     ExportError,
-    check_exportable,
     import_ctranslate2,
     transformer_spec,
 )
@@ -95,7 +94,6 @@ def export_run(
     identity = _checkpoint_identity(path)  # before loading: a file replaced meanwhile shows
     translator = Translator.from_run(run_dir, str(path), device="cpu")
     config, tokenizers = translator.config, translator.tokenizers
-    check_exportable(config.model)
     target_positions = _target_positions(config)
     spec = transformer_spec(
         translator.model,
