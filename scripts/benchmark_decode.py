@@ -15,8 +15,14 @@ machine the same run can be a third slower or faster from one minute to the next
 searches are also timed with `--workers` (2) batches decoded at once, each in its own thread
 with its share of the threads, as transformer-translate does on a CPU by default.
 
+With `--with-ctranslate2` the same model is also exported to CTranslate2 (float32 and int8
+weights, `transformer.ctranslate2_spec`) and the same batches are decoded by
+`ctranslate2.Translator` with the options of `--engine ctranslate2`, on the same threads (one
+batch at a time, and `--workers` batches at once): a second table compares it with ours.
+
     python scripts/benchmark_decode.py            # the full run, CPU with 2 threads (+ CUDA)
     python scripts/benchmark_decode.py --quick    # 128 sentences, a smoke test
+    python scripts/benchmark_decode.py --with-ctranslate2   # + CTranslate2 (its extra installed)
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import math
 import os
 import random
 import sys
+import tempfile
 import time
 import zlib
 from collections.abc import Callable
@@ -37,7 +44,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from transformer.config import ModelConfig
+from transformer.config import DecodingConfig, ModelConfig
+from transformer.ctranslate2_spec import import_ctranslate2, transformer_spec
+from transformer.ctranslate2_translator import search_options
+from transformer.errors import UserError
 from transformer.model import Transformer
 from transformer.search import beam_search, greedy_search
 
@@ -190,6 +200,8 @@ def _time_parallel(
 def run(args: argparse.Namespace) -> int:
     """Time every mode x cache x device and print the table."""
     torch.set_num_threads(args.threads)
+    if args.with_ctranslate2:
+        import_ctranslate2()  # before the slow part: one line naming the extra if missing
     count = 128 if args.quick else args.sentences
     if args.quick:
         args.rounds = 1
@@ -249,7 +261,75 @@ def run(args: argparse.Namespace) -> int:
         cached, uncached = timed[(f"beam {args.beam}", True)], timed[(f"beam {args.beam}", False)]
         speedup = cached.sentences_per_second / uncached.sentences_per_second
         print(f"cache speedup for beam {args.beam} on {device.type}: {speedup:.1f}x")
+    if args.with_ctranslate2:
+        model.to("cpu")
+        ours = [r for r in results if r.device == "cpu" and r.cache]
+        _print_ctranslate2_table(time_ctranslate2(model, ids, args), ours)
     return 0
+
+
+def time_ctranslate2(
+    model: Transformer, ids: list[list[int]], args: argparse.Namespace
+) -> list[tuple[str, Result]]:
+    """The cached CPU rows again, decoded by CTranslate2: (weights, result) for float32, int8."""
+    ct2 = import_ctranslate2()
+    pieces = [f"w{i}" for i in range(args.vocab_size)]  # made-up: the ids are what matter
+    pieces[:FIRST_WORD_ID] = ["<pad>", "<unk>", "<s>", "</s>"]
+    inputs = batches(ids, args.batch_size, torch.device("cpu"))
+    workers = [1, args.workers] if args.workers > 1 else [1]
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        for weights in ("float32", "int8"):
+            spec = transformer_spec(model, pieces, pieces, model.config.max_positions)
+            spec.validate()
+            spec.optimize(quantization=weights)
+            Path(directory, weights).mkdir()
+            spec.save(f"{directory}/{weights}")
+            for mode, beam in (("greedy", 1), (f"beam {args.beam}", args.beam)):
+                forced = DecodingConfig(
+                    beam_size=beam, max_len_a=0.0, max_len_b=args.length, min_length=args.length
+                )
+                options = search_options(forced, args.length)
+                for count in workers:
+                    translator = ct2.Translator(
+                        f"{directory}/{weights}",
+                        device="cpu",
+                        inter_threads=count,
+                        intra_threads=max(1, args.threads // count),
+                    )
+
+                    def decode(src: Tensor, translator=translator, options=options) -> list[int]:
+                        """Output lengths of the best hypotheses for one batch."""
+                        sources = [[pieces[i] for i in row if i != PAD_ID] for row in src.tolist()]
+                        out = translator.translate_batch(sources, **options)
+                        return [len(result.hypotheses[0]) for result in out]
+
+                    seconds, cpu_seconds, tokens = time_decoding(
+                        decode, inputs, torch.device("cpu"), args.length, args.rounds, count
+                    )
+                    result = Result(
+                        mode, True, count, "cpu", len(ids), seconds, cpu_seconds, tokens
+                    )
+                    rows.append((weights, result))
+                    print(f"  ctranslate2 {weights:<7}", end="")
+                    _print_row(result)
+    return rows
+
+
+def _print_ctranslate2_table(rows: list[tuple[str, Result]], ours: list[Result]) -> None:
+    """CTranslate2's rows, each against our cached float32 row of the same mode and workers."""
+    print(f"\nCTranslate2 {import_ctranslate2().__version__}, the same batches and threads:")
+    print(
+        f"{'mode':<8} {'weights':<8} {'workers':>7} {'sentences/s':>12} {'tokens/s':>10} "
+        f"{'busy cores':>10} {'vs ours':>8}"
+    )
+    base = {(r.mode, r.workers): r.sentences_per_second for r in ours}
+    for weights, r in rows:
+        ratio = r.sentences_per_second / base[(r.mode, r.workers)]
+        print(
+            f"{r.mode:<8} {weights:<8} {r.workers:>7} {r.sentences_per_second:>12.1f} "
+            f"{r.tokens_per_second:>10.0f} {r.cpu_share:>10.2f} {ratio:>7.2f}x"
+        )
 
 
 def _mean_length(ids: list[list[int]]) -> float:
@@ -312,7 +392,16 @@ def main(argv: list[str] | None = None) -> int:
         help="decode each batch this many times and keep its fastest (default 3)",
     )
     parser.add_argument("--seed", type=int, default=1)
-    return run(parser.parse_args(argv))
+    parser.add_argument(
+        "--with-ctranslate2",
+        action="store_true",
+        help="also decode with CTranslate2, float32 and int8 (pip install -e '.[ctranslate2]')",
+    )
+    try:
+        return run(parser.parse_args(argv))
+    except UserError as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 2
 
 
 if __name__ == "__main__":

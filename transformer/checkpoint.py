@@ -64,7 +64,9 @@ def load_checkpoint(
         # unpickled in full, it could run anything. Nothing of it was run.
         called = re.search(r"GLOBAL (\S+)", str(error))
         if called is None:
-            raise CheckpointError(f"checkpoint {path} is corrupted or truncated; {instead}") from None
+            raise CheckpointError(
+                f"checkpoint {path} is corrupted or truncated; {instead}"
+            ) from None
         raise CheckpointError(
             f"checkpoint {path} is not a plain-tensor checkpoint: it asks to run "
             f"{called.group(1).rstrip('.,')}, so it was not loaded; {instead}"

@@ -1,6 +1,7 @@
 """The decoding flags transformer-translate and transformer-evaluate share, and the translator.
 
---checkpoint, --beam-size, --length-penalty, --max-tokens, --device, --dtype, --workers.
+--checkpoint, --beam-size, --length-penalty, --max-tokens, --device, --dtype, --workers,
+--engine and --export.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import dataclasses
 
 import torch
 
+from transformer.cli.engine import add_engine_flags, ctranslate2_translator, uses_ctranslate2
 from transformer.config import ConfigError, DecodingConfig
+from transformer.ctranslate2_translator import CTranslate2Translator
 from transformer.device import resolve_device
 from transformer.errors import UserError
 from transformer.translator import Translator
@@ -92,10 +95,11 @@ def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
         help="batches decoded at once, each in its own thread with 1/N of the CPU threads "
         "(default: 2 on a CPU with 2 or more threads, else 1)",
     )
+    add_engine_flags(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
-def load_translator(args: argparse.Namespace) -> Translator:
+def load_translator(args: argparse.Namespace) -> Translator | CTranslate2Translator:
     """The run's Translator as --checkpoint, --device, --dtype and --workers say.
 
     With several workers on a CPU, the process's threads are shared out among them.
@@ -105,4 +109,6 @@ def load_translator(args: argparse.Namespace) -> Translator:
     workers = args.workers or (2 if on_cpu and torch.get_num_threads() >= 2 else 1)
     if workers > 1 and on_cpu:
         torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+    if uses_ctranslate2(args):  # --engine ctranslate2: transformer/cli/engine.py
+        return ctranslate2_translator(args, device, workers)
     return Translator.from_run(args.run, args.checkpoint, device, DTYPES[args.dtype], workers)

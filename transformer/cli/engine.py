@@ -1,0 +1,62 @@
+"""`--engine` and `--export` of transformer-translate and transformer-evaluate: which code
+decodes, the model's own (pytorch) or a CTranslate2 export of it (ctranslate2)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from transformer.ctranslate2_spec import EXTRA, import_ctranslate2
+from transformer.ctranslate2_translator import CTranslate2Translator
+from transformer.errors import UserError
+from transformer.export import DEFAULT_EXPORT_DIR, ensure_export
+
+ENGINES = ("pytorch", "ctranslate2")
+
+
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    """--engine pytorch|ctranslate2 and --export DIR."""
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="pytorch",
+        help="pytorch (the model's own code, the default) or ctranslate2 (a CTranslate2 "
+        f"export of it, faster on a CPU; needs {EXTRA})",
+    )
+    parser.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="with --engine ctranslate2: the transformer-export directory to decode with "
+        f"(default: RUN/{DEFAULT_EXPORT_DIR}, exported from --checkpoint when missing or "
+        "out of date)",
+    )
+
+
+def uses_ctranslate2(args: argparse.Namespace) -> bool:
+    """Whether the flags ask for the CTranslate2 engine (an --export is refused without it)."""
+    if args.engine != "ctranslate2" and args.export is not None:
+        raise UserError(f"--export {args.export} is a CTranslate2 export: add --engine ctranslate2")
+    return args.engine == "ctranslate2"
+
+
+def ctranslate2_translator(
+    args: argparse.Namespace, device: torch.device, workers: int
+) -> CTranslate2Translator:
+    """The CTranslate2 engine on `device`, `workers` batches at once, each on the threads
+    torch has (the caller has shared the CPU's threads out among the workers)."""
+    if args.dtype != "float32":
+        raise UserError(
+            f"--dtype {args.dtype} is for --engine pytorch; a CTranslate2 export keeps its own "
+            "weights' type (transformer-export --quantization int8, for example)"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {args.device}: CTranslate2 runs on cpu or cuda only")
+    import_ctranslate2()  # before any export work: one line naming the extra if missing
+    directory = args.export or ensure_export(args.run, args.checkpoint)
+    threads = torch.get_num_threads() if device.type == "cpu" else 0
+    return CTranslate2Translator.from_export(
+        directory, device.type, device.index or 0, workers, threads
+    )
