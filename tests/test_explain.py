@@ -15,7 +15,8 @@ import torch
 from tiny_runs import make_tiny_run
 
 from transformer.attention_plots import MissingExtraError, figure_class
-from transformer.cli.explain import format_trace, main, write_explanation
+from transformer.cli.explain import MAX_ATTENTION_LINES, format_trace, main, write_explanation
+from transformer.cli.translate import main as translate_main
 from transformer.explain import Explanation, explain, slug
 from transformer.translator import Translator
 
@@ -200,3 +201,42 @@ def test_the_walk_follows_the_modern_switches_too(tmp_path: Path) -> None:
         assert switch in text
     data = explanation.to_json()
     assert torch.tensor(data["cross"]).shape[1] == 2  # maps per query head, not per K/V head
+
+
+def test_translate_with_attention_writes_each_lines_maps_for_its_own_translation(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_logging: None
+) -> None:
+    source = tmp_path / "input.en"
+    source.write_text("how are you\n\ngood night\n", encoding="utf-8")
+    folder = tmp_path / "maps"
+    code = translate_main(["--run", str(run_dir), "--input", str(source),
+                           "--attention", str(folder), "--beam-size", "2"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 3 and printed[1] == ""
+    assert sorted(path.name for path in folder.iterdir()) == ["line_0001", "line_0003"]
+    for number, line in ((1, 0), (3, 2)):
+        data = json.loads((folder / f"line_{number:04d}" / "attention.json").read_text("utf-8"))
+        assert data["source"] == source.read_text("utf-8").splitlines()[line]
+        assert data["translation"] == printed[line]  # the maps are of the translation printed
+
+
+def test_translate_with_attention_refuses_a_long_input_before_writing_anything(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_logging: None
+) -> None:
+    source = tmp_path / "long.en"
+    source.write_text("hello\n" * (MAX_ATTENTION_LINES + 1), encoding="utf-8")
+    output = tmp_path / "out.de"
+    argv = ["--run", str(run_dir), "--input", str(source), "--output", str(output)]
+    assert translate_main([*argv, "--attention", str(tmp_path / "maps")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"more than {MAX_ATTENTION_LINES} lines" in errors[0]
+    assert not (tmp_path / "maps").exists() and not output.exists()
+
+
+def test_translate_with_attention_needs_the_pytorch_engine(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_logging: None
+) -> None:
+    argv = ["--run", str(run_dir), "--text", "hi", "--attention", str(tmp_path / "maps")]
+    assert translate_main([*argv, "--engine", "ctranslate2"]) == 2
+    assert "--attention needs --engine pytorch" in capsys.readouterr().err

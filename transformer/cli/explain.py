@@ -25,7 +25,7 @@ from transformer.cli.decoding import DTYPES
 from transformer.config import DecodingConfig
 from transformer.errors import UserError
 from transformer.explain import Explanation, Stage, explain, slug
-from transformer.files import atomic_write
+from transformer.files import FileError, atomic_write, os_reason
 from transformer.translator import Translator
 
 logger = logging.getLogger("transformer.cli.explain")
@@ -85,6 +85,10 @@ def write_explanation(explanation: Explanation, directory: Path) -> list[Path]:
     """attention.json, then the PNGs when matplotlib is there; returns the paths written."""
     if directory.exists() and not directory.is_dir():
         raise UserError(f"--output {directory} is a file; give a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FileError(f"cannot create {directory}: {os_reason(error)}") from None
     data = json.dumps(explanation.to_json(), ensure_ascii=False).encode("utf-8")
     with atomic_write(directory / JSON_FILE) as handle:
         handle.write(data)

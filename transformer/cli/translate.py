@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import logging
 import sys
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from transformer.cli.decoding import (
     load_translator,
     positive_flags,
 )
+from transformer.cli.explain import MAX_ATTENTION_LINES, explain_lines
 from transformer.config import DecodingConfig
 from transformer.errors import UserError
 from transformer.files import (
@@ -69,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nbest", type=int, metavar="N", help="hypotheses per input line")
     parser.add_argument(
         "--scores", action="store_true", help="append each translation's score after a tab"
+    )
+    parser.add_argument(
+        "--attention",
+        type=Path,
+        metavar="DIR",
+        help="also write each line's attention (as transformer-explain does: attention.json "
+        f"and heatmaps) into DIR/line_0001/, ...; at most {MAX_ATTENTION_LINES} lines",
     )
     add_decoding_flags(parser)
     return parser
@@ -138,6 +147,8 @@ def _main(argv: list[str] | None) -> int:
     if args.text and args.input:
         raise UserError("give either --text or --input, not both")
     refuse_same_file(args.output, [("--input", args.input)])
+    if args.attention is not None:
+        return _main_with_attention(args)
     with contextlib.ExitStack() as stack:
         # Open the files before loading the model, so that a bad path fails at once; the
         # output is a temporary file that replaces --output only when everything succeeded.
@@ -160,6 +171,43 @@ def _main(argv: list[str] | None) -> int:
                 writer.write(translator.translate(chunk, decoding, first_line=first))
                 first += len(chunk)
     return 0
+
+
+def _main_with_attention(args: argparse.Namespace) -> int:
+    """--attention DIR: translate a few lines, then write each one's attention into DIR.
+
+    The lines are read whole first (at most MAX_ATTENTION_LINES), so that a long input is
+    refused before the model is loaded or anything is written.
+    """
+    if args.engine != "pytorch":
+        raise UserError("--attention needs --engine pytorch: a CTranslate2 export cannot show it")
+    if args.attention.exists() and not args.attention.is_dir():
+        raise UserError(f"--attention {args.attention} is a file; give a directory")
+    if args.text:
+        lines, name = list(args.text), "--text"
+    elif args.input in (None, "-"):
+        lines, name = _at_most(iter_lines(sys.stdin.buffer, "<stdin>")), "standard input"
+    else:
+        with open_input(args.input) as stream:
+            lines, name = _at_most(iter_lines(stream, args.input)), args.input
+    if len(lines) > MAX_ATTENTION_LINES:
+        raise UserError(
+            f"--attention writes a folder per line: {name} has more than {MAX_ATTENTION_LINES} "
+            "lines; give fewer (head -n 100 FILE), or translate without --attention"
+        )
+    decoding = decoding_from_args(read_run_config(args.run).decoding, args, args.nbest)
+    with open_output(args.output) as out:
+        translator = load_translator(args)
+        writer = NbestWriter(out, decoding.nbest, args.scores, args.output or "standard output")
+        writer.write(translator.translate(lines, decoding))
+    explained = explain_lines(translator, lines, decoding, args.attention)
+    logger.info("wrote the attention of %d lines into %s", explained, args.attention)
+    return 0
+
+
+def _at_most(lines: Iterator[str]) -> list[str]:
+    """The first MAX_ATTENTION_LINES + 1 lines: enough to tell that there are too many."""
+    return list(itertools.islice(lines, MAX_ATTENTION_LINES + 1))
 
 
 def _interactive(translator: Translator, decoding: DecodingConfig, writer: NbestWriter) -> None:
