@@ -6,11 +6,12 @@ import io
 import logging
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import sentencepiece as spm
 
-from transformer.config import TokenizerConfig
+from transformer.config import ConfigError, ModelConfig, TokenizerConfig
 from transformer.errors import UserError
 from transformer.tokenizer import (
     BOS_ID,
@@ -25,6 +26,7 @@ from transformer.tokenizer import (
     TokenizerError,
     load_tokenizers,
     train_tokenizers,
+    with_vocabulary_sizes,
 )
 
 GERMAN = (
@@ -292,3 +294,12 @@ def test_training_prints_nothing_on_stderr(
     train_tokenizers(tiny_config(joint=False), *corpus, tmp_path)
     captured = capfd.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+def test_vocabulary_sizes_come_from_the_tokenizers_and_a_different_given_size_is_named() -> None:
+    pair = SimpleNamespace(src=SimpleNamespace(vocab_size=300), tgt=SimpleNamespace(vocab_size=200))
+    filled = with_vocabulary_sizes(ModelConfig(), pair)
+    assert (filled.src_vocab_size, filled.tgt_vocab_size) == (300, 200)
+    with pytest.raises(ConfigError) as info:
+        with_vocabulary_sizes(ModelConfig(src_vocab_size=300, tgt_vocab_size=250), pair)
+    assert info.value.key == "model.tgt_vocab_size" and "250" in info.value.message

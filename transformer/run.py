@@ -33,7 +33,13 @@ from transformer.errors import UserError
 from transformer.files import os_reason
 from transformer.lock import RunLock
 from transformer.model import Transformer
-from transformer.tokenizer import PAD_ID, TokenizerPair, load_tokenizers, train_tokenizers
+from transformer.tokenizer import (
+    PAD_ID,
+    TokenizerPair,
+    load_tokenizers,
+    train_tokenizers,
+    with_vocabulary_sizes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -275,23 +281,11 @@ def resolve_model_config(config: Config, tokenizers: TokenizerPair) -> Config:
             "model.share_embeddings",
             "needs a joint tokenizer (tokenizer.joint: true); set one of them the other way",
         )
-    for name, size in (
-        ("src_vocab_size", tokenizers.src.vocab_size),
-        ("tgt_vocab_size", tokenizers.tgt.vocab_size),
-    ):
-        given = getattr(model, name)
-        if given is not None and given != size:
-            raise ConfigError(
-                f"model.{name}",
-                f"is {given} but the tokenizer has {size} pieces; leave it out (null)",
-            )
-    model = dataclasses.replace(
-        model,
-        src_vocab_size=tokenizers.src.vocab_size,
-        tgt_vocab_size=tokenizers.tgt.vocab_size,
-        pad_id=PAD_ID,
-    )
-    return dataclasses.replace(config, model=model)
+    try:
+        model = with_vocabulary_sizes(model, tokenizers)
+    except ConfigError as error:
+        raise ConfigError(error.key, f"{error.message}; leave it out (null)") from None
+    return dataclasses.replace(config, model=dataclasses.replace(model, pad_id=PAD_ID))
 
 
 def build_model(config: Config, seed: int, device: torch.device) -> Transformer:

@@ -15,6 +15,7 @@ ASCII). Characters the model never saw decode as `` ⁇ ``.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import logging
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from transformer.config import TokenizerConfig
+from transformer.config import ConfigError, ModelConfig, TokenizerConfig
 from transformer.errors import UserError
 from transformer.files import atomic_write
 from transformer.special_ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
@@ -125,6 +126,23 @@ class TokenizerPair:
     src: Tokenizer
     tgt: Tokenizer
     joint: bool
+
+
+def with_vocabulary_sizes(model: ModelConfig, tokenizers: TokenizerPair) -> ModelConfig:
+    """`model` with its vocabulary sizes taken from the tokenizers: the one place they are set.
+
+    A size the config already gives must be the tokenizer's: anything else is a `ConfigError`
+    naming the key (`model.src_vocab_size`); the caller says what to do about it.
+    """
+    sizes = {
+        "src_vocab_size": tokenizers.src.vocab_size,
+        "tgt_vocab_size": tokenizers.tgt.vocab_size,
+    }
+    for key, size in sizes.items():
+        given = getattr(model, key)
+        if given is not None and given != size:
+            raise ConfigError(f"model.{key}", f"is {given} but the tokenizer has {size} pieces")
+    return dataclasses.replace(model, **sizes)
 
 
 def load_tokenizers(directory: str | Path) -> TokenizerPair:

@@ -24,11 +24,11 @@ from transformer.checkpoint import (
     load_checkpoint,
     resolve_checkpoint,
 )
-from transformer.config import Config, DecodingConfig, ModelConfig, load_config
+from transformer.config import Config, ConfigError, DecodingConfig, ModelConfig, load_config
 from transformer.device import decoding_dtype, resolve_device
 from transformer.model import Transformer
 from transformer.search import Hypothesis, search
-from transformer.tokenizer import EOS_ID, TokenizerPair, load_tokenizers
+from transformer.tokenizer import EOS_ID, TokenizerPair, load_tokenizers, with_vocabulary_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -205,19 +205,13 @@ def read_run_config(run_dir: str | Path) -> Config:
 
 def _model_config_for(config: Config, tokenizers: TokenizerPair, config_path: Path) -> ModelConfig:
     """The run's ModelConfig, vocabulary sizes checked against (or taken from) its tokenizers."""
-    model = config.model
-    sizes = {
-        "src_vocab_size": tokenizers.src.vocab_size,
-        "tgt_vocab_size": tokenizers.tgt.vocab_size,
-    }
-    for key, size in sizes.items():
-        expected = getattr(model, key)
-        if expected is not None and expected != size:
-            raise CheckpointError(
-                f"{config_path}: model.{key} is {expected} but the run's tokenizer has "
-                f"{size} pieces; the tokenizer/ directory does not belong to this run"
-            )
-    return replace(model, **sizes)
+    try:
+        return with_vocabulary_sizes(config.model, tokenizers)
+    except ConfigError as error:
+        raise CheckpointError(
+            f"{config_path}: {error.key} {error.message}; the tokenizer/ directory does not "
+            "belong to this run"
+        ) from None
 
 
 def _first_detail(error: Exception) -> str:
