@@ -359,7 +359,7 @@ def _print_table(results: list[Result]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the options and run the benchmark."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Multi30k folder")
     parser.add_argument("--sentences", type=int, default=1000, help="how many to decode")
     parser.add_argument("--quick", action="store_true", help="only 128 sentences")

@@ -325,7 +325,7 @@ def run_worker(args: argparse.Namespace, impl: str, size: str, device: str) -> d
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; steps and warm-up default per device (CPU 5/2, CUDA 50/10)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["small", "base"])
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu [+ cuda]")
     parser.add_argument("--steps", type=int, default=None, help="timed steps")

@@ -52,7 +52,7 @@ class LoadResult:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--run", required=True, type=Path, help="the run directory")
     parser.add_argument(
         "--input", type=Path, default=REPO / "data" / "test.en", help="sentences, cycled"

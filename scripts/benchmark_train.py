@@ -495,7 +495,7 @@ def best_of(measurements: Sequence[Measurement]) -> list[Measurement]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; steps and warm-up default per device (CPU 30/5, CUDA 100/20)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="training config")
     add_override_flag(parser)
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu [+ cuda]")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from transformer.attention_plots import attention_figure, figure_class, heatmap, png_bytes
 from transformer.cli.common import run_command, setup_logging
 from transformer.explain import explain
-from transformer.files import atomic_write
+from transformer.files import FileError, atomic_write, os_reason
 from transformer.loss import label_smoothed_loss
 from transformer.model.attention import causal_mask, padding_mask
 from transformer.model.positions import RotaryPositionalEncoding, rotary_angles, sinusoidal_table
@@ -176,6 +176,10 @@ def _main(argv: list[str] | None) -> int:
             f"note: no run at {args.run}: the attention pictures need one "
             "(train it with: transformer-train --config configs/toy.yaml)\n"
         )
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FileError(f"cannot create {args.output}: {os_reason(error)}") from None
     for name, data in figures.items():
         with atomic_write(args.output / name) as handle:
             handle.write(data)

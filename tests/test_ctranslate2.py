@@ -25,7 +25,7 @@ from transformer.cli.train import main as train_main
 from transformer.cli.translate import main as translate_main
 from transformer.ctranslate2_translator import CTranslate2Translator
 from transformer.export import export_run
-from transformer.search import gnmt_length_penalty
+from transformer.search import gnmt_length_penalty, max_output_lengths
 from transformer.special_ids import BOS_ID, EOS_ID, PAD_ID
 from transformer.translator import Translation, Translator
 
@@ -135,12 +135,15 @@ def test_nbest_scores_are_our_models_length_penalised_log_probs_best_first(engin
         expected = ours.translate([line], decoding)[0][0]
         assert (nbest[0].text, nbest[0].tokens) == (expected.text, expected.tokens)
         src = torch.tensor([ours.source_ids(line)])
+        (longest,) = max_output_lengths(src, decoding.max_len_a, decoding.max_len_b, PAD_ID)
         for hypothesis in nbest:
-            target = torch.tensor([[BOS_ID, *hypothesis.tokens, EOS_ID]])  # (1, n + 1)
+            # A hypothesis cut at the longest output has no end-of-sentence to score.
+            end = [EOS_ID] if len(hypothesis.tokens) < longest else []
+            target = torch.tensor([[BOS_ID, *hypothesis.tokens, *end]])  # (1, n + 1)
             with torch.no_grad():
                 log_probs = ours.model(src, target[:, :-1]).log_softmax(dim=-1)[0]  # (n, V)
             log_prob = log_probs.gather(1, target[0, 1:, None]).sum().item()
-            n = len(hypothesis.tokens) + 1  # EOS counted
+            n = target.shape[1] - 1  # the pieces scored, EOS included when there is one
             assert hypothesis.score == pytest.approx(
                 log_prob / gnmt_length_penalty(n, 1.0), abs=1e-3
             )

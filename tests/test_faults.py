@@ -397,7 +397,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_as_such_and_nothing_runs(
     marker = tmp_path / "the code ran"
     torch.save({"model": _RunsCode(marker)}, tmp_path / "evil.pt")
     result = cli("translate", "--run", run, "--checkpoint", tmp_path / "evil.pt", "--text", "hi")
-    error_line(result, "evil.pt", "not a plain-tensor checkpoint", "Path.touch", "not loaded")
+    error_line(result, "evil.pt", "not a plain-tensor checkpoint", "asks to run", "not loaded")
     assert not marker.exists()
 
 

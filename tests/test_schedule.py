@@ -1,5 +1,6 @@
 """Learning-rate schedules: the paper's formula, warm-up, decay."""
 
+import dataclasses
 import math
 
 import pytest
@@ -40,3 +41,27 @@ def test_learning_rate_dispatches_on_the_configured_schedule():
     config = TrainingConfig(schedule="noam", lr_scale=2.0, warmup_steps=10)
     assert learning_rate(10, config, 64) == pytest.approx(2.0 * 64**-0.5 * 10**-0.5)
     assert all(math.isfinite(learning_rate(s, config, 64)) for s in range(0, 50))
+
+
+def test_cosine_with_a_time_limit_follows_whichever_of_steps_and_time_is_further_along() -> None:
+    # A run that will stop by its clock long before max_steps still decays to min_lr at the
+    # end: half the time gone is halfway down the cosine, all of it is min_lr.
+    config = TrainingConfig(schedule="cosine", lr=1e-3, min_lr=1e-5, warmup_steps=100,
+                            max_steps=100_000, max_time_minutes=10)  # fmt: skip
+    assert learning_rate(200, config, 512, train_seconds=0) == pytest.approx(1e-3, rel=1e-5)
+    assert learning_rate(200, config, 512, train_seconds=300) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert learning_rate(200, config, 512, train_seconds=600) == pytest.approx(1e-5)
+    assert learning_rate(200, config, 512, train_seconds=900) == pytest.approx(1e-5)
+    # warm-up is counted in steps whatever the clock says
+    assert learning_rate(50, config, 512, train_seconds=300) == pytest.approx(5e-4)
+    # the steps still end it when they come first
+    short = dataclasses.replace(config, max_steps=1100)
+    assert learning_rate(1100, short, 512, train_seconds=1) == pytest.approx(1e-5)
+
+
+def test_only_cosine_with_a_time_limit_reads_the_clock() -> None:
+    for schedule in ("noam", "inverse_sqrt", "constant"):
+        config = TrainingConfig(schedule=schedule, max_time_minutes=10)
+        assert learning_rate(500, config, 512, 0.0) == learning_rate(500, config, 512, 599.0)
+    config = TrainingConfig(schedule="cosine", max_time_minutes=0, max_steps=1000)
+    assert learning_rate(500, config, 512, 0.0) == learning_rate(500, config, 512, 1e6)

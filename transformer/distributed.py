@@ -40,6 +40,14 @@ class DistributedContext:
         dist.broadcast(tensor, src=0)
         return bool(tensor.item())
 
+    def broadcast_number(self, value: float, device: torch.device) -> float:
+        """Rank 0's value of `value`, on every rank (float64: every rank gets it exactly)."""
+        if not self.enabled:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.broadcast(tensor, src=0)
+        return float(tensor.item())
+
     def any_rank(self, flag: bool, device: torch.device) -> bool:
         """Whether `flag` is true on any rank; every rank must call this at the same point."""
         if not self.enabled:

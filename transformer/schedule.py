@@ -22,24 +22,56 @@ def inverse_sqrt_lr(step: int, peak_lr: float, warmup_steps: int) -> float:
 
 
 def cosine_lr(
-    step: int, peak_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0
+    step: int,
+    peak_lr: float,
+    warmup_steps: int,
+    total_steps: int,
+    min_lr: float = 0.0,
+    time_spent: float = 0.0,
 ) -> float:
-    """Linear warm-up to `peak_lr`, then half a cosine down to `min_lr` at `total_steps`."""
+    """Linear warm-up to `peak_lr`, then half a cosine down to `min_lr` at the end of the run.
+
+    The end is `total_steps`, or the end of the time budget when that comes first:
+    `time_spent` is the share of it already used (0 to 1; 0 when there is none). The decay
+    follows whichever of the two is further along, so a run stopped by its time limit ends
+    at `min_lr` as a run stopped by its step limit does.
+    """
     step = max(step, 1)
     if warmup_steps and step < warmup_steps:
         return peak_lr * step / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    by_steps = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = min(1.0, max(by_steps, time_spent))
     return min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def learning_rate(step: int, config: TrainingConfig, d_model: int) -> float:
-    """The learning rate of optimizer step `step` under `config.schedule`."""
+def time_spent(train_seconds: float, config: TrainingConfig) -> float:
+    """The share of `training.max_time_minutes` used after `train_seconds` (0: no limit)."""
+    budget = config.max_time_minutes * 60
+    return min(1.0, train_seconds / budget) if budget > 0 else 0.0
+
+
+def follows_the_clock(config: TrainingConfig) -> bool:
+    """Whether the learning rate depends on the time spent (cosine with a time limit)."""
+    return config.schedule == "cosine" and config.max_time_minutes > 0
+
+
+def learning_rate(
+    step: int, config: TrainingConfig, d_model: int, train_seconds: float = 0.0
+) -> float:
+    """The learning rate of optimizer step `step` under `config.schedule`.
+
+    `train_seconds` (the training time so far) matters to the cosine schedule only, when
+    `training.max_time_minutes` limits the run: see `cosine_lr`.
+    """
     if config.schedule == "noam":
         return noam_lr(step, d_model, config.warmup_steps, config.lr_scale)
     if config.schedule == "inverse_sqrt":
         return inverse_sqrt_lr(step, config.lr, config.warmup_steps)
     if config.schedule == "cosine":
-        return cosine_lr(step, config.lr, config.warmup_steps, config.max_steps, config.min_lr)
+        spent = time_spent(train_seconds, config)
+        return cosine_lr(
+            step, config.lr, config.warmup_steps, config.max_steps, config.min_lr, spent
+        )
     if config.schedule == "constant":
         return config.lr
     raise ValueError(f"unknown schedule {config.schedule!r}")

@@ -37,7 +37,7 @@ from transformer.errors import UserError
 from transformer.evaluate import corpus_scores
 from transformer.loss import label_smoothed_loss
 from transformer.model import Transformer
-from transformer.schedule import learning_rate
+from transformer.schedule import follows_the_clock, learning_rate
 from transformer.search import greedy_search
 from transformer.tokenizer import PAD_ID, TokenizerPair
 
@@ -290,7 +290,10 @@ class Trainer:
                 self.scaler.scale(loss / max(num_tokens, 1)).backward()
             loss_total += loss.detach()
         step = self.progress.step + 1
-        lr = learning_rate(step, self.cfg, self.config.model.d_model)
+        seconds = 0.0
+        if follows_the_clock(self.cfg):  # every rank must use rank 0's clock, or they drift
+            seconds = self.context.broadcast_number(self.progress.train_seconds, self.device)
+        lr = learning_rate(step, self.cfg, self.config.model.d_model, seconds)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.scaler.unscale_(self.optimizer)  # true gradients for the norm (no-op in fp32)

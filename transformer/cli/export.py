@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transformer-export",
         description="Export a trained run to an inference engine's format (CTranslate2).",
+        allow_abbrev=False,
     )
     parser.add_argument("--run", required=True, type=Path, help="the run directory")
     parser.add_argument("--format", required=True, choices=[FORMAT], help="the engine to export to")
