@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import logging.handlers
+import os
 import shlex
 import signal
 import sys
@@ -32,6 +33,7 @@ from transformer.run import (
     prepare_data,
     resolve_model_config,
 )
+from transformer.threads import busy_cores, threads_for
 from transformer.training import Progress, StopRequest, Trainer
 
 logger = logging.getLogger("transformer")
@@ -82,6 +84,8 @@ def train(argv: list[str] | None = None) -> int:
         if context.enabled and device.type == "cuda":
             device = torch.device("cuda", context.local_rank)
             torch.cuda.set_device(device)
+        if device.type == "cpu" and not context.enabled:
+            _threads_for_the_free_cores()
         init_process_group(context, device)
         try:
             progress = _set_up_and_train(start, run_dir, device, context, log, stop)
@@ -98,6 +102,26 @@ def train(argv: list[str] | None = None) -> int:
             f'translate with: transformer-translate --run {run_arg} --text "..."\n'
         )
     return 0
+
+
+def _threads_for_the_free_cores() -> None:
+    """One torch thread per core other programs leave free, unless OMP_NUM_THREADS chose."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    busy = busy_cores()
+    if busy is None:
+        return
+    wanted = torch.get_num_threads()
+    threads = threads_for(os.cpu_count() or wanted, busy, wanted)
+    if threads < wanted:
+        torch.set_num_threads(threads)
+        logger.info(
+            "other programs keep %.1f cores busy: training on %d thread(s), not %d "
+            "(OMP_NUM_THREADS=N chooses)",
+            busy,
+            threads,
+            wanted,
+        )
 
 
 def _set_up_and_train(
