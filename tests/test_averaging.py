@@ -8,10 +8,10 @@ import pytest
 import torch
 from test_translate_cli import (
     call_main,
-    make_tiny_run,
     single_thread,  # noqa: F401 (an autouse fixture)
     tiny_model,
 )
+from tiny_runs import make_tiny_run
 
 from transformer.averaging import average_checkpoints, select_best, select_last
 from transformer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint

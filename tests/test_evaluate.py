@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 import sacrebleu
 from test_translate_cli import (
-    PAIRS,
     call_main,
-    make_tiny_run,
     single_thread,  # noqa: F401 (an autouse fixture)
 )
+from tiny_runs import PAIRS, make_tiny_run
 
 from transformer.cli.evaluate import main
 from transformer.evaluate import corpus_scores, score

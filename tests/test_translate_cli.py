@@ -19,45 +19,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import make_tiny_run, tiny_model_config
 
 from transformer.batching import token_batches
 from transformer.checkpoint import save_checkpoint
 from transformer.cli.translate import main
-from transformer.config import (
-    Config,
-    DecodingConfig,
-    ModelConfig,
-    TokenizerConfig,
-    config_to_dict,
-    save_config,
-)
 from transformer.model import Transformer
-from transformer.tokenizer import load_tokenizers, train_tokenizers
+from transformer.tokenizer import load_tokenizers
 from transformer.translator import Translator
 
-VOCAB_SIZE = 64
-PAIRS = [
-    ("how are you", "wie geht es dir"),
-    ("the house is small", "das haus ist klein"),
-    ("the house is big", "das haus ist gross"),
-    ("i am tired", "ich bin muede"),
-    ("we are at home", "wir sind zu hause"),
-    ("the dog is sleeping", "der hund schlaeft"),
-    ("the cat drinks milk", "die katze trinkt milch"),
-    ("good morning", "guten morgen"),
-    ("good night", "gute nacht"),
-    ("thank you very much", "vielen dank"),
-    ("where is the station", "wo ist der bahnhof"),
-    ("i like books", "ich mag buecher"),
-    ("she reads a book", "sie liest ein buch"),
-    ("he writes a letter", "er schreibt einen brief"),
-    ("the weather is nice today", "das wetter ist heute schoen"),
-    ("we eat bread and cheese", "wir essen brot und kaese"),
-    ("my brother plays football", "mein bruder spielt fussball"),
-    ("the children are quiet", "die kinder sind leise"),
-    ("it is very cold outside", "es ist sehr kalt draussen"),
-    ("can you help me", "kannst du mir helfen"),
-]
 LINES = [
     "how are you",
     "",
@@ -69,49 +39,10 @@ LINES = [
 ]
 
 
-def tiny_model_config(**changes: object) -> ModelConfig:
-    """A model small enough for unit tests, with the fixture tokenizer's vocabulary."""
-    values: dict = dict(
-        src_vocab_size=VOCAB_SIZE,
-        tgt_vocab_size=VOCAB_SIZE,
-        d_model=32,
-        num_heads=2,
-        d_ff=64,
-        num_encoder_layers=1,
-        num_decoder_layers=1,
-        dropout=0.0,
-        max_positions=64,
-    )
-    values.update(changes)
-    return ModelConfig(**values)
-
-
 def tiny_model(seed: int = 0, **changes: object) -> Transformer:
     """A randomly initialised tiny Transformer (deterministic for a seed)."""
     torch.manual_seed(seed)
     return Transformer(tiny_model_config(**changes))
-
-
-def make_tiny_run(run_dir: Path, seed: int = 0, **model_changes: object) -> Path:
-    """A complete run directory: config.yaml, a trained SentencePiece, best.pt and last.pt."""
-    config = Config(
-        model=tiny_model_config(**model_changes),
-        tokenizer=TokenizerConfig(vocab_size=VOCAB_SIZE, joint=True),
-        decoding=DecodingConfig(beam_size=2, max_len_a=1.0, max_len_b=3, batch_tokens=4000),
-    )
-    run_dir.mkdir(parents=True)
-    save_config(config, run_dir / "config.yaml")
-    src, tgt = zip(*PAIRS, strict=True)
-    tokenizers = train_tokenizers(config.tokenizer, list(src), list(tgt), run_dir / "tokenizer")
-    assert tokenizers.src.vocab_size == VOCAB_SIZE, "the fixture corpus must fill the vocabulary"
-    state = {
-        "model": tiny_model(seed, **model_changes).state_dict(),
-        "config": config_to_dict(config),
-        "step": 1,
-    }
-    for name in ("best.pt", "last.pt"):
-        save_checkpoint(state, run_dir / "checkpoints" / name)
-    return run_dir
 
 
 @pytest.fixture(autouse=True)
