@@ -49,7 +49,9 @@ def test_cosine_with_a_time_limit_follows_whichever_of_steps_and_time_is_further
     config = TrainingConfig(schedule="cosine", lr=1e-3, min_lr=1e-5, warmup_steps=100,
                             max_steps=100_000, max_time_minutes=10)  # fmt: skip
     assert learning_rate(200, config, 512, train_seconds=0) == pytest.approx(1e-3, rel=1e-5)
-    assert learning_rate(200, config, 512, train_seconds=300) == pytest.approx((1e-3 + 1e-5) / 2)
+    # step 200 after 400 s: the 100 warm-up steps took about 200 s, so 200 of the 400 s
+    # after the warm-up are gone: halfway down the cosine
+    assert learning_rate(200, config, 512, train_seconds=400) == pytest.approx((1e-3 + 1e-5) / 2)
     assert learning_rate(200, config, 512, train_seconds=600) == pytest.approx(1e-5)
     assert learning_rate(200, config, 512, train_seconds=900) == pytest.approx(1e-5)
     # warm-up is counted in steps whatever the clock says
@@ -65,3 +67,20 @@ def test_only_cosine_with_a_time_limit_reads_the_clock() -> None:
         assert learning_rate(500, config, 512, 0.0) == learning_rate(500, config, 512, 599.0)
     config = TrainingConfig(schedule="cosine", max_time_minutes=0, max_steps=1000)
     assert learning_rate(500, config, 512, 0.0) == learning_rate(500, config, 512, 1e6)
+
+
+def test_a_time_limited_cosine_starts_its_decay_at_the_peak_however_long_the_warm_up_took() -> None:
+    # A slow machine may spend half its budget warming up: the decay must start from the
+    # peak there (no jump down at the end of the warm-up), fall steadily, and end at min_lr.
+    config = TrainingConfig(schedule="cosine", lr=1e-3, min_lr=0.0, warmup_steps=400,
+                            max_steps=100_000, max_time_minutes=25)  # fmt: skip
+    budget = 25 * 60
+    assert learning_rate(400, config, 512, train_seconds=0.5 * budget) == pytest.approx(1e-3)
+    assert learning_rate(399, config, 512, train_seconds=0.5 * budget) == pytest.approx(
+        1e-3 * 399 / 400
+    )
+    # steps at an even pace: step s comes at s / 800 of the budget
+    rates = [learning_rate(s, config, 512, train_seconds=s / 800 * budget) for s in range(400, 801)]
+    assert all(later <= earlier for earlier, later in zip(rates, rates[1:], strict=False))
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12)
+    assert rates[200] == pytest.approx(0.5e-3)  # step 600: halfway from warm-up to the end

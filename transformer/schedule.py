@@ -34,14 +34,27 @@ def cosine_lr(
     The end is `total_steps`, or the end of the time budget when that comes first:
     `time_spent` is the share of it already used (0 to 1; 0 when there is none). The decay
     follows whichever of the two is further along, so a run stopped by its time limit ends
-    at `min_lr` as a run stopped by its step limit does.
+    at `min_lr` as a run stopped by its step limit does. Both count from the end of the
+    warm-up, so the decay starts at `peak_lr` however long the warm-up took: the warm-up's
+    share of the time is estimated as `warmup_steps / step` of the time spent so far (steps
+    take about equally long), which needs no clock reading kept from the past.
     """
     step = max(step, 1)
     if warmup_steps and step < warmup_steps:
         return peak_lr * step / warmup_steps
     by_steps = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    progress = min(1.0, max(by_steps, time_spent))
+    progress = min(1.0, max(by_steps, _time_after_warmup(step, warmup_steps, time_spent)))
     return min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def _time_after_warmup(step: int, warmup_steps: int, time_spent: float) -> float:
+    """The share of the time after the warm-up that is used: 0 when the warm-up ends, 1 at the
+    end of the budget. With w = warmup_steps / step · time_spent the warm-up's share,
+    (time_spent - w) / (1 - w)."""
+    if time_spent >= 1.0:
+        return 1.0
+    warmup_share = time_spent * min(1.0, warmup_steps / step)
+    return (time_spent - warmup_share) / (1.0 - warmup_share)
 
 
 def time_spent(train_seconds: float, config: TrainingConfig) -> float:
