@@ -178,15 +178,26 @@ def current_rss_mib() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def measure_training(impl: str, data: Path, steps: int, warmup: int) -> dict[str, float]:
-    """Train one model for warmup + steps steps on the saved batches; median step speed."""
+def measure_training(
+    impl: str, data: Path, steps: int, warmup: int, compiled: bool = False
+) -> dict[str, float]:
+    """Train one model for warmup + steps steps on the saved batches; median step speed.
+
+    `compiled`: ours through `torch.compile(dynamic=True)` (as `training.compile: true`); the
+    warm-up steps, compilation included, are reported as `warmup_s`.
+    """
     batches = torch.load(data / "training.pt")
     baseline = current_rss_mib()
     torch.manual_seed(1)
-    model = (our_model() if impl == "ours" else marian_model()).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+    module = (our_model() if impl == "ours" else marian_model()).train()
+    model = torch.compile(module, dynamic=True) if compiled and impl == "ours" else module
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
     times, tokens = [], []
+    started = time.perf_counter()
+    warmup_s = 0.0
     for index in range(warmup + steps):
+        if index == warmup:
+            warmup_s = time.perf_counter() - started
         src, tgt_in, tgt_out = batches[index % len(batches)]
         start = time.perf_counter()
         logits = logits_of(impl, model, src, tgt_in)
@@ -201,7 +212,7 @@ def measure_training(impl: str, data: Path, steps: int, warmup: int) -> dict[str
             tokens.append(count)
     per_token = statistics.median(t / n for t, n in zip(times, tokens, strict=True))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline
-    return {"tokens_per_s": 1 / per_token, "memory_mib": peak}
+    return {"tokens_per_s": 1 / per_token, "memory_mib": peak, "warmup_s": warmup_s}
 
 
 @torch.inference_mode()
@@ -233,7 +244,7 @@ def measure_decoding(impl: str, data: Path, beam: int) -> dict[str, float]:
 def run_worker(args: argparse.Namespace, data: Path, impl: str, task: str) -> dict[str, float]:
     command = [sys.executable, os.path.abspath(__file__), "--worker", task, "--impl", impl,
                "--data", str(data), "--threads", str(args.threads), "--steps", str(args.steps),
-               "--warmup", str(args.warmup)]  # fmt: skip
+               "--warmup", str(args.warmup)] + (["--compile"] if args.compile else [])  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"error: the {impl} {task} run failed:\n{done.stderr[-2000:]}")
@@ -255,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; best kept")
     parser.add_argument("--no-decoding", action="store_true", help="training rows only")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="train ours through torch.compile(dynamic=True); its warm-up time is printed",
+    )
     parser.add_argument("--sentences", type=int, default=256, help="sentences to decode")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
@@ -263,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.worker:
         if args.worker == "train":
-            result = measure_training(args.impl, args.data, args.steps, args.warmup)
+            result = measure_training(args.impl, args.data, args.steps, args.warmup, args.compile)
         else:
             result = measure_decoding(args.impl, args.data, int(args.worker.split("-")[1]))
         print(json.dumps(result))
@@ -304,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         theirs = best[("marian", task)][metric]
         print(f"{label:<28} {ours:>12,.0f} {theirs:>12,.0f} {ours / theirs:>11.2f}x")
+    if args.compile:
+        print(f"ours compiled: {best[('ours', 'train')]['warmup_s']:.0f} s of warm-up steps "
+              f"({args.warmup}), compilation included")  # fmt: skip
     if len(impls) == 2:
         ratio = best[("ours", "train")]["tokens_per_s"] / best[("marian", "train")]["tokens_per_s"]
         print(f"training ours/MarianMT: {ratio:.2f}×")
