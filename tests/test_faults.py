@@ -292,8 +292,16 @@ def test_a_run_directory_that_is_a_file_is_one_error_line(cli, tmp_path: Path) -
 
 
 def start_training(*args: object) -> subprocess.Popen:
+    """The training as a terminal starts it: with SIGINT's default action even where the test
+    runs in the background (`cmd &` in a script ignores SIGINT, and the training keeps that)."""
     argv = [sys.executable, "-m", "transformer.cli.train", *map(str, args)]
-    return subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=ENV)
+    return subprocess.Popen(
+        argv,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def wait_for_steps(run_dir: Path, process: subprocess.Popen, steps: int = 2) -> None:
