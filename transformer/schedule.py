@@ -50,10 +50,10 @@ def cosine_lr(
 def _time_after_warmup(step: int, warmup_steps: int, time_spent: float) -> float:
     """The share of the time after the warm-up that is used: 0 when the warm-up ends, 1 at the
     end of the budget. With w = warmup_steps / step · time_spent the warm-up's share,
-    (time_spent - w) / (1 - w)."""
+    (time_spent - w) / (1 - w). Called once the warm-up is over (step >= warmup_steps)."""
     if time_spent >= 1.0:
         return 1.0
-    warmup_share = time_spent * min(1.0, warmup_steps / step)
+    warmup_share = time_spent * warmup_steps / step
     return (time_spent - warmup_share) / (1.0 - warmup_share)
 
 
