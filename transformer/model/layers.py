@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from transformer.model.attention import MultiHeadAttention
 from transformer.model.cache import KVCache
+from transformer.model.dropout import Dropout
 from transformer.model.positions import RotaryPositionalEncoding
 
 LayerCaches = tuple[KVCache, KVCache]  # a decoder layer's (self-attention, cross-attention) caches
@@ -127,7 +128,7 @@ class AddNorm(nn.Module):
             raise ValueError(f"norm_position must be post or pre, got {norm_position!r}")
         self.pre_norm = norm_position == "pre"
         self.norm = make_norm(norm, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
         """(B, T, D) -> (B, T, D)."""

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from transformer.config import ModelConfig
 from transformer.model.attention import MultiHeadAttention, causal_mask, padding_mask
 from transformer.model.cache import DecoderCache
+from transformer.model.dropout import Dropout
 from transformer.model.layers import DecoderLayer, Embeddings, EncoderLayer, make_norm
 from transformer.model.positions import (
     LearnedPositionalEncoding,
@@ -48,7 +49,7 @@ class Encoder(nn.Module):
     ) -> None:
         super().__init__()
         self.positional = positional
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.layers = nn.ModuleList(layers)
         self.final_norm = final_norm
 
@@ -79,7 +80,7 @@ class Decoder(nn.Module):
     ) -> None:
         super().__init__()
         self.positional = positional
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.layers = nn.ModuleList(layers)
         self.final_norm = final_norm
 
