@@ -289,22 +289,28 @@ def test_query_rows_sharing_key_rows_equal_repeating_the_keys(beams: int, need_w
         assert weights is None
 
 
+@pytest.mark.parametrize("keys", [7, 40])
 @pytest.mark.parametrize("queries", [1, 5, 40])
 @pytest.mark.parametrize("training", [False, True])
-def test_the_chosen_attention_path_equals_the_written_out_formula(queries: int, training: bool):
+def test_the_chosen_attention_path_equals_the_written_out_formula(
+    queries: int, keys: int, training: bool
+) -> None:
     torch.manual_seed(6)
-    q, k, v = torch.randn(2, 4, queries, 8), torch.randn(2, 4, 7, 8), torch.randn(2, 4, 7, 8)
-    mask = padding_mask(torch.tensor([[1] * 7, [1, 1, 1, 0, 0, 0, 0]]), 0)
+    q, k, v = torch.randn(2, 4, queries, 8), torch.randn(2, 4, keys, 8), torch.randn(2, 4, keys, 8)
+    mask = padding_mask(torch.tensor([[1] * keys, [1, 1, 1] + [0] * (keys - 3)]), 0)
     out, weights = attention(q, k, v, mask, 0.0, training)
     assert weights is None
     torch.testing.assert_close(out, scaled_dot_product_attention(q, k, v, mask)[0], **TOL)
 
 
-def test_the_written_out_path_is_chosen_only_for_few_queries_at_inference_on_a_cpu() -> None:
-    few, many = torch.zeros(2, 4, 1, 8), torch.zeros(2, 4, 64, 8)
-    assert written_out_is_faster(few, training=False)
-    assert not written_out_is_faster(few, training=True)
-    assert not written_out_is_faster(many, training=False)
+def test_the_written_out_path_is_chosen_on_a_cpu_for_few_keys_or_few_queries_at_inference():
+    one, many = torch.zeros(2, 4, 1, 8), torch.zeros(2, 4, 64, 8)
+    assert written_out_is_faster(one, one, training=True)  # few keys
+    assert written_out_is_faster(many[:, :, :32], many[:, :, :32], training=True)
+    assert written_out_is_faster(one, many, training=False)  # one query at inference
+    assert not written_out_is_faster(one, many, training=True)
+    assert not written_out_is_faster(many, many, training=False)
+    assert not written_out_is_faster(many, many, training=True)
 
 
 def test_multihead_attention_needs_d_model_divisible_by_heads() -> None:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer.model.cache import KVCache
+from transformer.model.dropout import dropout as dropout_of
 from transformer.model.positions import RotaryPositionalEncoding
 
 
@@ -77,8 +78,7 @@ def scaled_dot_product_attention(
     weights = scores.softmax(dim=-1)  # (B, H, Tq, Tk), each row sums to 1 over allowed keys
     if mask is not None:
         weights = weights.masked_fill(~mask, 0.0)
-    if dropout > 0.0 and training:
-        weights = F.dropout(weights, p=dropout)
+    weights = dropout_of(weights, dropout, training)
     return weights @ repeat_kv_heads(v, q.size(1)), weights  # (B, H, Tq, d_k), (B, H, Tq, Tk)
 
 
@@ -94,14 +94,19 @@ def fused_attention(
     )  # (B, H, Tq, d_k)
 
 
-def written_out_is_faster(q: Tensor, training: bool) -> bool:
-    """Whether the written-out formula beats the fused kernel for these queries (B, H, Tq, d_k).
+def written_out_is_faster(q: Tensor, k: Tensor, training: bool) -> bool:
+    """Whether the written-out formula beats the fused kernel for queries q (B, H, Tq, d_k)
+    over keys k (B, H_kv, Tk, d_k).
 
-    A few queries per row at inference on a CPU (a decoding step: one query per hypothesis,
-    or the stacked beams of a sentence): the fused kernel's fixed cost per call then
-    outweighs its two small matmuls, several times over.
+    On a CPU, for short rows: the fused kernel works in blocks of queries and keys, and its
+    fixed cost per block outweighs the work when there are few keys (Tk ≤ 32: forward and
+    backward 1.2-1.9× faster written out at 4,096 tokens a batch on two cores, 1.0-1.35× on
+    one; see `scripts/benchmark_attention.py`), or few queries at inference (a decoding step:
+    one query per hypothesis, or the stacked beams of a sentence), several times over.
     """
-    return not training and q.size(-2) <= 16 and q.device.type == "cpu"
+    if q.device.type != "cpu":
+        return False
+    return k.size(-2) <= 32 or (not training and q.size(-2) <= 16)
 
 
 def attention(
@@ -121,7 +126,7 @@ def attention(
     """
     if q.size(0) != k.size(0):
         return shared_key_attention(q, k, v, mask, dropout, training, need_weights)
-    if need_weights or written_out_is_faster(q, training):
+    if need_weights or written_out_is_faster(q, k, training):
         out, weights = scaled_dot_product_attention(q, k, v, mask, dropout, training)
         return out, weights if need_weights else None
     return fused_attention(q, k, v, mask, dropout, training), None
