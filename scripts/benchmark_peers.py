@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from transformer.batching import TokenBatchSampler
 from transformer.config import ModelConfig
-from transformer.loss import label_smoothed_loss
+from transformer.loss import TranslationLoss, label_smoothed_loss
 from transformer.model import Transformer
 from transformer.search import beam_search, greedy_search
 from transformer.special_ids import BOS_ID, EOS_ID, PAD_ID
@@ -103,16 +103,22 @@ def marian_model() -> nn.Module:
     return MarianMTModel(config)
 
 
-def logits_of(impl: str, model: nn.Module, src: Tensor, tgt_in: Tensor) -> Tensor:
-    """Teacher-forced logits (B, T, V) of either model."""
+def summed_loss(
+    impl: str, model: nn.Module, src: Tensor, tgt_in: Tensor, tgt_out: Tensor
+) -> Tensor:
+    """The label-smoothed loss of a batch, summed. Ours: its training objective
+    (`TranslationLoss`, as `transformer-train` runs it); Marian: its logits through our
+    `label_smoothed_loss` (the same numbers as `F.cross_entropy(label_smoothing=0.1)`, with
+    fewer (N, V) buffers)."""
     if impl == "ours":
-        return model(src, tgt_in)
-    return model(
+        return model(src, tgt_in, tgt_out)
+    logits = model(
         input_ids=src,
         attention_mask=(src != PAD_ID).long(),
         decoder_input_ids=tgt_in,
         decoder_attention_mask=(tgt_in != PAD_ID).long(),
     ).logits
+    return label_smoothed_loss(logits, tgt_out, LABEL_SMOOTHING, PAD_ID)
 
 
 # ------------------------------------------------------------------------------------ batches
@@ -190,7 +196,8 @@ def measure_training(
     baseline = current_rss_mib()
     torch.manual_seed(1)
     module = (our_model() if impl == "ours" else marian_model()).train()
-    model = torch.compile(module, dynamic=True) if compiled and impl == "ours" else module
+    model = TranslationLoss(module, LABEL_SMOOTHING, PAD_ID) if impl == "ours" else module
+    model = torch.compile(model, dynamic=True) if compiled and impl == "ours" else model
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
     times, tokens = [], []
     started = time.perf_counter()
@@ -200,9 +207,8 @@ def measure_training(
             warmup_s = time.perf_counter() - started
         src, tgt_in, tgt_out = batches[index % len(batches)]
         start = time.perf_counter()
-        logits = logits_of(impl, model, src, tgt_in)
         count = int((tgt_out != PAD_ID).sum())
-        loss = label_smoothed_loss(logits, tgt_out, LABEL_SMOOTHING, PAD_ID) / count
+        loss = summed_loss(impl, model, src, tgt_in, tgt_out) / count
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

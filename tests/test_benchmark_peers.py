@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -29,14 +30,17 @@ def test_a_padded_batch_shifts_the_target_behind_bos() -> None:
     assert tgt_in.tolist() == [[2, 8, 9], [2, 10, 0]]
 
 
-def test_both_models_have_the_same_outputs_shape_and_the_same_trainable_parameters() -> None:
+def test_both_models_start_near_the_uniform_loss_and_have_the_same_trainable_parameters():
     pytest.importorskip("transformers")
     peers = load()
     ours, marian = peers.our_model(), peers.marian_model()
-    src, tgt_in, _ = peers.padded_batch([[5, 6, 3]], [[8, 9, 3]])
+    objective = peers.TranslationLoss(ours, peers.LABEL_SMOOTHING, peers.PAD_ID)
+    src, tgt_in, tgt_out = peers.padded_batch([[5, 6, 3]], [[8, 9, 3]])
+    uniform = 3 * math.log(peers.VOCAB)  # three target tokens, each at −log(1/V)
     with torch.no_grad():
-        assert peers.logits_of("ours", ours.eval(), src, tgt_in).shape == (1, 3, peers.VOCAB)
-        assert peers.logits_of("marian", marian.eval(), src, tgt_in).shape == (1, 3, peers.VOCAB)
+        for impl, model in (("ours", objective.eval()), ("marian", marian.eval())):
+            loss = peers.summed_loss(impl, model, src, tgt_in, tgt_out)
+            assert loss.dtype == torch.float32 and abs(loss.item() / uniform - 1) < 0.25, impl
     count = lambda model: sum(p.numel() for p in model.parameters() if p.requires_grad)  # noqa: E731
     assert count(ours) == count(marian)  # Marian's sinusoidal positions are frozen, as ours
 

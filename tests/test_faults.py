@@ -534,16 +534,16 @@ def test_a_diverging_training_stops_saying_what_to_lower_and_saves_nothing_non_f
 def test_a_step_with_a_non_finite_loss_changes_nothing_and_training_goes_on(
     run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import transformer.training as training
+    import transformer.loss as loss_module
 
-    calls, real = [], training.label_smoothed_loss
+    calls, real = [], loss_module.projected_label_smoothed_loss
 
     def poisoned(*args: object, **kwargs: object) -> torch.Tensor:
         calls.append(1)
         loss = real(*args, **kwargs)
         return loss * float("nan") if len(calls) in (2, 3) else loss
 
-    monkeypatch.setattr(training, "label_smoothed_loss", poisoned)
+    monkeypatch.setattr(loss_module, "projected_label_smoothed_loss", poisoned)
     args = ["--run-dir", str(run), "--resume", "--set", "training.max_steps=10",
             "training.eval_every=1000"]  # fmt: skip
     assert train_main(args) == 0

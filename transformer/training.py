@@ -35,7 +35,7 @@ from transformer.device import autocast_dtype
 from transformer.distributed import DistributedContext
 from transformer.errors import UserError
 from transformer.evaluate import corpus_scores
-from transformer.loss import label_smoothed_loss
+from transformer.loss import TranslationLoss, label_smoothed_loss
 from transformer.model import Transformer
 from transformer.schedule import follows_the_clock, learning_rate
 from transformer.search import greedy_search
@@ -136,10 +136,10 @@ class Trainer:
             rank=self.context.rank,
             world_size=self.context.world_size,
         )
-        self.network: nn.Module = model
+        self.network: nn.Module = TranslationLoss(model, self.cfg.label_smoothing, PAD_ID)
         if self.context.enabled:
             ids = [device.index] if device.type == "cuda" else None
-            self.network = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            self.network = nn.parallel.DistributedDataParallel(self.network, device_ids=ids)
         if self.cfg.compile:
             self.network = torch.compile(self.network)
 
@@ -283,10 +283,7 @@ class Trainer:
             sync = self.context.enabled and not last
             with self.network.no_sync() if sync else contextlib.nullcontext():  # type: ignore[operator]
                 with self.autocast():
-                    logits = self.network(batch.src, batch.tgt_in)  # (B, T, V)
-                    loss = label_smoothed_loss(
-                        logits, batch.tgt_out, self.cfg.label_smoothing, PAD_ID
-                    )
+                    loss = self.network(batch.src, batch.tgt_in, batch.tgt_out)  # summed
                 self.scaler.scale(loss / max(num_tokens, 1)).backward()
             loss_total += loss.detach()
         step = self.progress.step + 1

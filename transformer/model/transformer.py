@@ -241,6 +241,16 @@ class Transformer(nn.Module):
         call keeps the source in the cache, and later calls do not read `memory` and
         `src_mask` (they may be None).
         """
+        return self.output_proj(self.decoder_states(tgt, memory, src_mask, cache))  # h W_outᵀ
+
+    def decoder_states(
+        self,
+        tgt: Tensor,
+        memory: Tensor | None,
+        src_mask: Tensor | None,
+        cache: DecoderCache | None = None,
+    ) -> Tensor:
+        """What `decode` projects to logits: target ids (N, T) -> h (N, T, D)."""
         _check_ids("target", tgt, self.config.tgt_vocab_size)
         if cache is None or not cache.holds_source:
             if memory is None:
@@ -250,11 +260,15 @@ class Transformer(nn.Module):
                     f"batch sizes differ: target has {tgt.size(0)} rows, encoder output "
                     f"{memory.size(0)} (the target rows must be a multiple of the source rows)"
                 )
-        x = self.decoder(self.tgt_embed(tgt), memory, src_mask, cache)  # (N, T, D)
-        return self.output_proj(x)  # (N, T, V): h_t W_outᵀ
+        return self.decoder(self.tgt_embed(tgt), memory, src_mask, cache)  # (N, T, D)
 
     def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
         """Teacher forcing: source (B, S) and shifted target (B, T) ids -> logits (B, T, V)."""
+        return self.output_proj(self.teacher_forced_states(src, tgt))  # h W_outᵀ
+
+    def teacher_forced_states(self, src: Tensor, tgt: Tensor) -> Tensor:
+        """`forward` up to the output projection: -> h (B, T, D). The training loss projects h
+        itself (`transformer.loss.projected_label_smoothed_loss`)."""
         _check_ids("source", src, self.config.src_vocab_size)  # before source_mask indexes it
         if tgt.dim() == 2 and src.size(0) != tgt.size(0):
             raise ValueError(
@@ -262,7 +276,7 @@ class Transformer(nn.Module):
             )
         src_mask = self.source_mask(src)
         memory = self.encoder(self.src_embed(src), src_mask)  # encode(), ids checked above
-        return self.decode(tgt, memory, src_mask)
+        return self.decoder_states(tgt, memory, src_mask)
 
     def attention_maps(self, src: Tensor, tgt: Tensor) -> AttentionMaps:
         """Every attention's weights when the model reads source (B, S) and target (B, T) ids.
