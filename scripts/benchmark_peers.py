@@ -7,9 +7,13 @@ with the run pipeline's SentencePiece, cut into ~4,096-token batches by our samp
 synthetic batches of Multi30k's shape when the corpus is absent), with the same loss
 (label-smoothed cross-entropy, ε = 0.1, summed and divided by the target tokens), the same
 optimizer (Adam, betas 0.9/0.98, eps 1e-9, gradient clipping at 1.0) and the same threads.
-Each model trains in its own subprocess (so its peak memory is its own), and the rounds
-alternate: ours, Marian, ours, Marian... Speed is target tokens per second of the median
-step; memory the peak resident set above the size before the model was built.
+Ours computes the loss as `transformer-train` does (`TranslationLoss`: the output layer and
+the loss together, padding skipped); Marian's logits go through our `label_smoothed_loss`.
+Both run with `transformer-train`'s allocator setting (`keep_freed_memory`: glibc keeps the
+memory a step frees for the next one). Each model trains in its own subprocess (so its peak
+memory is its own), and the rounds alternate: ours, Marian, ours, Marian... Speed is target
+tokens per second of the median step; memory the peak resident set above the size before
+the model was built.
 
 Decoding: the same sentences (the first --sentences of Multi30k test_2016_flickr, sorted by
 length) in batches of 64, every output
@@ -44,6 +48,7 @@ from torch import Tensor, nn
 from transformer.batching import TokenBatchSampler
 from transformer.config import ModelConfig
 from transformer.loss import TranslationLoss, label_smoothed_loss
+from transformer.memory import keep_freed_memory
 from transformer.model import Transformer
 from transformer.search import beam_search, greedy_search
 from transformer.special_ids import BOS_ID, EOS_ID, PAD_ID
@@ -193,6 +198,7 @@ def measure_training(
     warm-up steps, compilation included, are reported as `warmup_s`.
     """
     batches = torch.load(data / "training.pt")
+    keep_freed_memory()  # as transformer-train does; for both, like the threads
     baseline = current_rss_mib()
     torch.manual_seed(1)
     module = (our_model() if impl == "ours" else marian_model()).train()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,18 @@ def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_run(tmp_path):
         assert torch.equal(expected[name], resumed[name]), name
 
 
+@pytest.fixture
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every training of the test on one thread, in this process and in its subprocesses:
+    sums split among different numbers of threads may round differently."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_run_killed_with_sigkill_and_resumed_equals_an_uninterrupted_run(tmp_path):
     steps = 60
     config = tiny_config(

@@ -25,6 +25,7 @@ from transformer.distributed import (
     init_process_group,
 )
 from transformer.errors import UserError
+from transformer.memory import keep_freed_memory
 from transformer.run import (
     RunDirectory,
     RunStart,
@@ -86,6 +87,8 @@ def train(argv: list[str] | None = None) -> int:
             torch.cuda.set_device(device)
         if device.type == "cpu" and not context.enabled:
             _threads_for_the_free_cores()
+        if device.type == "cpu":
+            keep_freed_memory()  # no page faults for each step's activations
         init_process_group(context, device)
         try:
             progress = _set_up_and_train(start, run_dir, device, context, log, stop)
