@@ -138,7 +138,11 @@ class _ProjectedLabelSmoothedCrossEntropy(torch.autograd.Function):
             w = weight if dtype is None else weight.to(dtype)  # (V, D)
             h_low = h if dtype is None else h.to(dtype)
             grad_h = torch.empty(h.shape, dtype=w.dtype, device=h.device) if want_h else None
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            grad_w = (
+                torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+                if want_w
+                else None
+            )
             total = torch.zeros((), dtype=torch.float32, device=states.device)
             step = rows_per_block(V)
             for start in range(0, h.size(0), step):
@@ -164,7 +168,7 @@ class _ProjectedLabelSmoothedCrossEntropy(torch.autograd.Function):
         if want_h:
             full_grad_h = states.new_zeros(states.shape)
             full_grad_h.index_copy_(0, kept, grad_h.to(states.dtype))
-        ctx.save_for_backward(full_grad_h, grad_w.to(weight.dtype) if want_w else None)
+        ctx.save_for_backward(full_grad_h, None if grad_w is None else grad_w.to(weight.dtype))
         return total
 
     @staticmethod
