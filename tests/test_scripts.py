@@ -415,3 +415,20 @@ def test_decode_timing_keeps_each_batchs_fastest_round(decode_bench, monkeypatch
     )
     assert seconds == 2.0
     assert tokens == 16  # 2 batches x 2 sentences x 4 tokens, counted once
+
+
+def test_linear_benchmark_times_both_libraries_and_names_the_training_path(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # it imports benchmark_attention
+    linear_bench = load_script("benchmark_linear")
+    small = ["--threads", "1", "--d-model", "16", "--d-ff", "32", "--vocab", "64", "--repeats", "1"]
+    assert linear_bench.main(small) == 0
+    out = capsys.readouterr().out
+    if not linear_bench.onednn_available():
+        assert "no oneDNN" in out
+        return
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert len(rows) == 6 * 4 + 4  # six row counts × four layers, and the output layer
+    path = {(row[0], int(row[1])): row[-1] for row in rows}
+    assert path["W_1", 4096] == path["W_out", 256] == "oneDNN"  # training batches
+    assert path["W_1", 64] == path["W_out", 1] == "MKL"  # decoding steps
+    assert all(len(row) == 11 for row in rows if int(row[1]) >= 256)  # with fwd+bwd times

@@ -16,7 +16,8 @@ tensors alive: a float32 copy of low-precision logits, and the gradient of each 
 Training takes a faster path to the same numbers, `projected_label_smoothed_loss`: it starts
 from the decoder's output h (N, D) and the output projection W_out (V, D) rather than from
 the logits h W_outᵀ, skips the padding positions, and works through blocks of rows whose
-logits stay in the processor's cache (`TranslationLoss` is the objective built on it).
+logits stay in the processor's cache (`TranslationLoss` is the objective built on it). Its
+products with W_out go through `transformer.model.linear.linear` (oneDNN on a CPU).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+
+from transformer.model.linear import ROW_STEP, linear
 
 if TYPE_CHECKING:
     from transformer.model import Transformer
@@ -115,8 +118,10 @@ def projected_label_smoothed_loss(
 
 def rows_per_block(vocab_size: int) -> int:
     """Rows of logits projected at a time: about 2M values (8 MB in float32), which on a CPU
-    stay in the last-level cache while they are turned into probabilities and gradients."""
-    return max(1, (1 << 21) // vocab_size)
+    stay in the last-level cache while they are turned into probabilities and gradients;
+    a multiple of `linear`'s ROW_STEP where that many fit (256 rows for an 8k vocabulary)."""
+    rows = max(1, (1 << 21) // vocab_size)
+    return rows - rows % ROW_STEP if rows >= ROW_STEP else rows
 
 
 class _ProjectedLabelSmoothedCrossEntropy(torch.autograd.Function):
@@ -147,7 +152,9 @@ class _ProjectedLabelSmoothedCrossEntropy(torch.autograd.Function):
             step = rows_per_block(V)
             for start in range(0, h.size(0), step):
                 rows = slice(start, start + step)
-                log_probs = (h_low[rows] @ w.t()).log_softmax(-1, dtype=torch.float32)  # (r, V)
+                log_probs = linear(h_low[rows], w, training=True).log_softmax(
+                    -1, dtype=torch.float32
+                )  # (r, V)
                 nll = -log_probs.gather(1, y[rows, None]).sum()  # Σ −log p_y
                 spread = -log_probs.sum()  # Σ −Σ_v log p_v
                 total += (1.0 - smoothing) * nll + (smoothing / V) * spread
@@ -159,7 +166,7 @@ class _ProjectedLabelSmoothedCrossEntropy(torch.autograd.Function):
                 )
                 gradient = gradient.to(w.dtype)
                 if want_h:
-                    torch.mm(gradient, w, out=grad_h[rows])  # (r, D)
+                    grad_h[rows] = linear(gradient, w.t(), training=True)  # (p − q) W_out: (r, D)
                 if want_w and dtype is None:
                     grad_w.addmm_(gradient.t(), h[rows])  # (V, D)
                 elif want_w:  # summed in float32, not in the low precision

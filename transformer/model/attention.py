@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from transformer.model.cache import KVCache
 from transformer.model.dropout import dropout as dropout_of
+from transformer.model.linear import Linear, linear
 from transformer.model.positions import RotaryPositionalEncoding
 
 
@@ -208,8 +209,8 @@ class MultiHeadAttention(nn.Module):
         self.d_k = d_model // num_heads
         self.kv_dim = num_kv_heads * self.d_k  # width of K (and of V): D unless grouped
         self.dropout = dropout
-        self.qkv_proj = nn.Linear(d_model, d_model + 2 * self.kv_dim)  # [W^Q | W^K | W^V], biases
-        self.out_proj = nn.Linear(d_model, d_model)  # W^O
+        self.qkv_proj = Linear(d_model, d_model + 2 * self.kv_dim)  # [W^Q | W^K | W^V], biases
+        self.out_proj = Linear(d_model, d_model)  # W^O
         self.rotary = rotary
         self.register_load_state_dict_pre_hook(_fuse_separate_projections)
 
@@ -266,12 +267,12 @@ class MultiHeadAttention(nn.Module):
             return q, k, v
         w_q, w_kv = self.qkv_proj.weight.split([D, 2 * kv])  # W^Qᵀ (D, D); W^Kᵀ, W^Vᵀ (2kv, D)
         b_q, b_kv = self.qkv_proj.bias.split([D, 2 * kv])
-        q = self.split_heads(F.linear(query, w_q, b_q))  # (B, H, Tq, d_k)
+        q = self.split_heads(linear(query, w_q, b_q))  # (B, H, Tq, d_k)
         if cache is not None and cache.kept:
             return q, cache.k, cache.v  # (B_kv, H_kv, Tk, d_k): projected at the first step
         if key_value is None:
             raise ValueError("cross-attention needs key_value until its cache holds it")
-        k, v = (self.split_heads(t) for t in F.linear(key_value, w_kv, b_kv).chunk(2, dim=-1))
+        k, v = (self.split_heads(t) for t in linear(key_value, w_kv, b_kv).chunk(2, dim=-1))
         if cache is not None:
             k, v = cache.keep(k, v)
         return q, k, v

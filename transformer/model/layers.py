@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from transformer.model.attention import MultiHeadAttention
 from transformer.model.cache import KVCache
 from transformer.model.dropout import Dropout
+from transformer.model.linear import Linear
 from transformer.model.positions import RotaryPositionalEncoding
 
 LayerCaches = tuple[KVCache, KVCache]  # a decoder layer's (self-attention, cross-attention) caches
@@ -42,8 +43,8 @@ class FeedForward(nn.Module):
         super().__init__()
         if activation not in ("relu", "gelu"):
             raise ValueError(f"activation must be relu or gelu, got {activation!r}")
-        self.linear1 = nn.Linear(d_model, d_ff)  # W_1, b_1
-        self.linear2 = nn.Linear(d_ff, d_model)  # W_2, b_2
+        self.linear1 = Linear(d_model, d_ff)  # W_1, b_1
+        self.linear2 = Linear(d_ff, d_model)  # W_2, b_2
         self.activation = F.relu if activation == "relu" else F.gelu
 
     def hidden(self, x: Tensor) -> Tensor:
@@ -66,9 +67,9 @@ class SwiGLUFeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int) -> None:
         super().__init__()
-        self.linear1 = nn.Linear(d_model, d_ff, bias=False)  # W_1
-        self.linear3 = nn.Linear(d_model, d_ff, bias=False)  # W_3, the gate
-        self.linear2 = nn.Linear(d_ff, d_model, bias=False)  # W_2
+        self.linear1 = Linear(d_model, d_ff, bias=False)  # W_1
+        self.linear3 = Linear(d_model, d_ff, bias=False)  # W_3, the gate
+        self.linear2 = Linear(d_ff, d_model, bias=False)  # W_2
 
     def hidden(self, x: Tensor) -> Tensor:
         """SiLU(x W_1) ⊙ x W_3: (B, T, D) -> (B, T, d_ff)."""

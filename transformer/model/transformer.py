@@ -17,6 +17,7 @@ from transformer.model.attention import MultiHeadAttention, causal_mask, padding
 from transformer.model.cache import DecoderCache
 from transformer.model.dropout import Dropout
 from transformer.model.layers import DecoderLayer, Embeddings, EncoderLayer, make_norm
+from transformer.model.linear import Linear
 from transformer.model.positions import (
     LearnedPositionalEncoding,
     RotaryPositionalEncoding,
@@ -167,7 +168,7 @@ class Transformer(nn.Module):
             c.dropout,
             make_norm(c.norm, c.d_model) if c.norm_position == "pre" else None,
         )
-        self.output_proj = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)  # W_out
+        self.output_proj = Linear(c.d_model, c.tgt_vocab_size, bias=False)  # W_out
         self.reset_parameters()
         if c.tie_output_embeddings:
             self.output_proj.weight = self.tgt_embed.embedding.weight
