@@ -1,6 +1,6 @@
 """Linear layers: the oneDNN fast path computes F.linear's numbers, forward and backward, and
-is taken exactly where `onednn_linear_pays` says (training, float32 on a CPU, at least
-ROW_STEP rows, not under autocast), with a bounded number of product shapes."""
+is taken exactly where `onednn_linear_pays` says (training, float32 on a CPU, enough rows,
+not under autocast), with a bounded number of product shapes."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from torch import nn
 
 import transformer.model.linear as linear_module
 from transformer.model.linear import (
+    MIN_ROWS,
     ROW_STEP,
     Linear,
     linear,
@@ -95,12 +96,17 @@ def test_the_fast_path_gives_the_same_bits_every_time() -> None:
     assert all(torch.equal(first, onednn_linear(x, weight, bias)) for _ in range(3))
 
 
-def test_onednn_pays_in_training_for_float32_on_a_cpu_from_row_step_rows_on() -> None:
+def test_onednn_pays_in_training_for_float32_on_a_cpu_for_enough_rows() -> None:
     weight = torch.empty(256, 256)
-    enough = torch.empty(ROW_STEP, 256)
-    assert onednn_linear_pays(enough, weight, training=True) == onednn_available()
-    assert onednn_linear_pays(torch.empty(4, 64, 256), weight, True) == onednn_available()
+    on = onednn_available()
+    assert onednn_linear_pays(torch.empty(MIN_ROWS, 256), weight, training=True) == on
+    assert onednn_linear_pays(torch.empty(MIN_ROWS + 77, 256), weight, training=True) == on
+    assert onednn_linear_pays(torch.empty(ROW_STEP, 256), weight, training=True) == on
+    assert onednn_linear_pays(torch.empty(4, 128, 256), weight, training=True) == on
     assert not onednn_linear_pays(torch.empty(ROW_STEP - 1, 256), weight, training=True)
+    assert not onednn_linear_pays(torch.empty(ROW_STEP + 64, 256), weight, training=True)
+    assert not onednn_linear_pays(torch.empty(0, 256), weight, training=True)
+    enough = torch.empty(MIN_ROWS, 256)
     assert not onednn_linear_pays(enough, weight, training=False)  # decoding: MKL
     assert not onednn_linear_pays(enough.double(), weight.double(), training=True)
     assert not onednn_linear_pays(enough.bfloat16(), weight.bfloat16(), training=True)

@@ -16,8 +16,9 @@ up to 1,024), and the memory they take between a step's tensors is not given bac
 ever-changing row counts of a training run (B·T), the heap grew by 2 GB in 140 steps. So
 oneDNN only multiplies the first multiple of ROW_STEP rows and MKL the rest (fewer than
 ROW_STEP): a batch of 4,096 tokens meets at most 16 shapes per layer, and memory stays
-flat. Only training takes this path (`onednn_linear_pays`); decoding's products are small
-and their row counts change at every step. `python scripts/benchmark_linear.py` prints both
+flat. Only training takes this path (`onednn_linear_pays`), for products of at least
+MIN_ROWS rows or a multiple of ROW_STEP; decoding's products are small and their row
+counts change at every step. `python scripts/benchmark_linear.py` prints both
 libraries' speed at the model's shapes.
 """
 
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ROW_STEP = 256  # oneDNN multiplies the first multiple of this many rows
+MIN_ROWS = 1024  # ... of products of at least this many rows, or of a multiple of ROW_STEP
 
 
 @functools.cache
@@ -42,14 +44,17 @@ def onednn_available() -> bool:
 def onednn_linear_pays(x: Tensor, weight: Tensor, training: bool) -> bool:
     """Whether `onednn_linear` should compute x Wᵀ + b: in training (where the products are
     large and their shapes few), float32 on a CPU, outside autocast (which runs F.linear in
-    its own dtype) and torch.compile (which picks its own kernels), from ROW_STEP rows on."""
+    its own dtype) and torch.compile (which picks its own kernels), for MIN_ROWS rows or more,
+    or a multiple of ROW_STEP (the training loss's blocks): below that, with rows left over
+    for MKL, the two calls cost more than oneDNN saves (`scripts/benchmark_linear.py`)."""
+    rows = x.numel() // max(1, x.size(-1))
     return (
         training
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
+        and (rows >= MIN_ROWS or (rows > 0 and rows % ROW_STEP == 0))
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
-        and x.numel() >= ROW_STEP * x.size(-1)
         and onednn_available()
     )
 
