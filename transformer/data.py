@@ -1,4 +1,4 @@
-"""Parallel corpora: loading (through `datasets`), tokenizing with a cache, length filtering.
+"""Parallel corpora: loading (text, tables, the Hub), tokenizing with a cache, length filtering.
 
 Data flows::
 
@@ -15,8 +15,6 @@ target of T tokens gives ``tgt_in = BOS + target`` and ``tgt_out = target + EOS`
 from __future__ import annotations
 
 import codecs
-import csv
-import gzip
 import hashlib
 import itertools
 import logging
@@ -24,7 +22,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, overload
+from typing import overload
 
 import datasets
 import numpy as np
@@ -35,6 +33,7 @@ from transformer.batching import Batch, collate_flat
 from transformer.config import CorpusConfig
 from transformer.errors import UserError
 from transformer.files import atomic_write
+from transformer.tables import TableError, open_binary, read_table
 from transformer.tokenizer import EOS_ID, PAD_ID, TokenizerPair
 
 logger = logging.getLogger(__name__)
@@ -58,12 +57,14 @@ def load_corpus(corpus: CorpusConfig, key: str) -> datasets.Dataset:
     """
     if corpus.format == "text":
         src, tgt = _read_text_pair(corpus, key)
+        where = f"{Path(corpus.src_path).expanduser()} and {Path(corpus.tgt_path).expanduser()}"
     elif corpus.format == "table":
-        table = _load_table(corpus, key)
-        src, tgt = _select_fields(table, corpus, key, Path(corpus.path).expanduser())
+        src, tgt = _read_table(corpus, key)
+        where = str(Path(corpus.path).expanduser())
     else:
         src, tgt = _select_fields(_load_hub(corpus, key), corpus, key, corpus.name)
-    return _drop_empty_pairs(src, tgt, key)
+        where = f"split {corpus.split!r} of dataset {corpus.name!r}"
+    return _drop_empty_pairs(src, tgt, key, where)
 
 
 def _read_text_pair(corpus: CorpusConfig, key: str) -> tuple[pa.Array, pa.Array]:
@@ -85,10 +86,6 @@ def _existing_file(path: str, key: str) -> Path:
     return resolved
 
 
-def _open_binary(path: Path) -> BinaryIO:
-    return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb")
-
-
 def _read_lines(path: Path) -> pa.LargeStringArray:
     """The lines of a UTF-8 text file (``.gz`` allowed), split on "\\n" only.
 
@@ -96,7 +93,7 @@ def _read_lines(path: Path) -> pa.LargeStringArray:
     line keeps its "\\n" (and any "\\r"), which the stripping in `load_corpus` removes.
     """
     try:
-        with _open_binary(path) as file:
+        with open_binary(path) as file:
             data = file.read()
     except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"cannot read {path}: {error}") from None
@@ -126,48 +123,14 @@ def _raise_for_bad_utf8(data: bytes, path: Path) -> None:
     raise DataError(f"{path}: not a valid UTF-8 text file")
 
 
-def _load_table(corpus: CorpusConfig, key: str) -> pa.Table:
-    """Read a .tsv, .csv, .jsonl or .json file (optionally .gz) with the datasets builders."""
+def _read_table(corpus: CorpusConfig, key: str) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    """The src_field and tgt_field columns of a local table file (see `transformer.tables`)."""
     path = _existing_file(corpus.path, f"{key}.path")
-    name = path.name.lower()
-    kind = Path(name[: -len(".gz")] if name.endswith(".gz") else name).suffix
-    if kind in (".tsv", ".csv"):
-        delimiter = "\t" if kind == ".tsv" else ","
-        # Every column as text: "007" stays "007", and "NA" or "null" are words, not missing.
-        columns = _header(path, delimiter)
-        features = datasets.Features({column: datasets.Value("string") for column in columns})
-        options: dict[str, object] = {
-            "delimiter": delimiter,
-            "features": features,
-            "na_filter": False,
-            # TSV files hold raw text: quote characters are part of the sentence.
-            "quoting": csv.QUOTE_NONE if kind == ".tsv" else csv.QUOTE_MINIMAL,
-        }
-        builder = "csv"
-    elif kind in (".jsonl", ".json"):
-        builder, options = "json", {}
-    else:
-        raise DataError(
-            f"{key}.path: cannot tell the table type of {path.name}; "
-            "use a .tsv, .csv, .jsonl or .json file (optionally .gz)"
-        )
     try:
-        dataset = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
-    except (OSError, ValueError, datasets.exceptions.DatasetsError) as error:
-        raise DataError(f"{key}: cannot read {path}: {_reason(error)}") from None
-    return dataset.with_format("arrow")[:]
-
-
-def _header(path: Path, delimiter: str) -> list[str]:
-    """Column names from the first line of a CSV/TSV file."""
-    try:
-        with _open_binary(path) as file:
-            first = file.readline().decode("utf-8-sig")
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as error:
-        raise DataError(f"cannot read {path}: {error}") from None
-    if delimiter == "\t":
-        return first.rstrip("\r\n").split("\t")
-    return next(csv.reader([first]), [])
+        return read_table(path, corpus.src_field, corpus.tgt_field)
+    except TableError as error:
+        where = f"{key}.{error.setting}" if error.setting else key
+        raise DataError(f"{where}: {error}") from None
 
 
 def _load_hub(corpus: CorpusConfig, key: str) -> pa.Table:
@@ -235,8 +198,11 @@ def _leaf_names(fields: pa.Schema | pa.StructType, prefix: str = "") -> list[str
     return names
 
 
-def _drop_empty_pairs(src: pa.Array, tgt: pa.Array, key: str) -> datasets.Dataset:
-    """Strip both sides and drop pairs where either side is empty (or missing)."""
+def _drop_empty_pairs(src: pa.Array, tgt: pa.Array, key: str, where: str) -> datasets.Dataset:
+    """Strip both sides and drop pairs where either side is empty (or missing).
+
+    `where` names the file(s) or dataset read, for the error when no pair is left.
+    """
     src = pc.utf8_trim_whitespace(pc.fill_null(src, ""))
     tgt = pc.utf8_trim_whitespace(pc.fill_null(tgt, ""))
     keep = pc.and_(pc.greater(pc.binary_length(src), 0), pc.greater(pc.binary_length(tgt), 0))
@@ -245,7 +211,11 @@ def _drop_empty_pairs(src: pa.Array, tgt: pa.Array, key: str) -> datasets.Datase
     if kept < total:
         logger.warning("%s: skipped %d of %d pairs with an empty side", key, total - kept, total)
     if kept == 0:
-        raise DataError(f"{key}: the corpus has no pair with text on both sides")
+        found = f"all {total} rows have an empty side" if total else "no row with text"
+        raise DataError(
+            f"{key}: no sentence pairs in {where}: {found}; "
+            "a corpus needs at least one pair with text on both sides"
+        )
     table = pa.table({"src": src, "tgt": tgt}).filter(keep)
     logger.info("%s: %d sentence pairs", key, kept)
     return datasets.Dataset.from_dict({"src": table.column("src"), "tgt": table.column("tgt")})
