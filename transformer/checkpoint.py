@@ -18,7 +18,7 @@ from __future__ import annotations
 import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -38,11 +38,40 @@ class CheckpointError(UserError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write `state` (tensors, numbers, strings, lists and dicts only) atomically."""
+    """Write `state` (tensors, numbers, strings, lists and dicts only) atomically.
+
+    A failed write (a full disk) is a `FileError` naming `path` and the system's reason.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as handle:
-        torch.save(state, handle)
+        writer = _WriteErrors(handle)
+        try:
+            torch.save(state, writer)
+        except RuntimeError:
+            # torch's zip writer swallows the OSError of a failed write and goes on to fail
+            # on its own ("unexpected pos ..."): raise the error the file gave instead.
+            if writer.error is None:
+                raise
+            raise writer.error from None
+
+
+class _WriteErrors:
+    """A binary file that keeps the last `OSError` its `write` raised."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
 
 
 def load_checkpoint(
