@@ -18,7 +18,7 @@ from __future__ import annotations
 import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -31,6 +31,7 @@ CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 CACHE_DIR = "cache"
 LOG_FILE = "train.log"
+CHECKPOINT_NAMES = ("best", "last", "averaged")  # --checkpoint NAME: checkpoints/NAME.pt
 
 
 class CheckpointError(UserError):
@@ -38,11 +39,40 @@ class CheckpointError(UserError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write `state` (tensors, numbers, strings, lists and dicts only) atomically."""
+    """Write `state` (tensors, numbers, strings, lists and dicts only) atomically.
+
+    A failed write (a full disk) is a `FileError` naming `path` and the system's reason.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as handle:
-        torch.save(state, handle)
+        writer = _WriteErrors(handle)
+        try:
+            torch.save(state, writer)
+        except RuntimeError:
+            # torch's zip writer swallows the OSError of a failed write and goes on to fail
+            # on its own ("unexpected pos ..."): raise the error the file gave instead.
+            if writer.error is None:
+                raise
+            raise writer.error from None
+
+
+class _WriteErrors:
+    """A binary file that keeps the last `OSError` its `write` raised."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
 
 
 def load_checkpoint(
@@ -83,10 +113,32 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR
 
 
+def run_files(run_dir: str | Path) -> list[tuple[str, Path]]:
+    """What of a run a command that reads it must never write over, for `refuse_overwriting`:
+    config.yaml, and everything in tokenizer/ and checkpoints/."""
+    return [*_setup_files(run_dir), ("the run's checkpoints", checkpoint_dir(run_dir))]
+
+
+def training_files(run_dir: str | Path) -> list[tuple[str, Path]]:
+    """What training wrote, for a command that may add checkpoints (transformer-average):
+    config.yaml, tokenizer/, and last.pt, best.pt and the step_*.pt files."""
+    directory = checkpoint_dir(run_dir)
+    trained = [directory / "last.pt", directory / "best.pt", *sorted(directory.glob("step_*.pt"))]
+    return [*_setup_files(run_dir), *(("the run's checkpoint", path) for path in trained)]
+
+
+def _setup_files(run_dir: str | Path) -> list[tuple[str, Path]]:
+    run_dir = Path(run_dir)
+    return [
+        ("the run's config", run_dir / CONFIG_FILE),
+        ("the run's tokenizer", run_dir / TOKENIZER_DIR),
+    ]
+
+
 def resolve_checkpoint(run_dir: str | Path, name: str = "best") -> Path:
     """`best`, `last` (or `averaged`) within the run, or a path; falls back from best to last."""
     run_dir = Path(run_dir)
-    if name in ("best", "last", "averaged"):
+    if name in CHECKPOINT_NAMES:
         path = checkpoint_dir(run_dir) / f"{name}.pt"
         if name == "best" and not path.is_file():
             path = checkpoint_dir(run_dir) / "last.pt"

@@ -8,11 +8,13 @@ An export is a directory that CTranslate2 loads, and that translates on its own:
     OUT/spm.model                       the run's SentencePiece model(s): spm.model, or
                                         src.model + tgt.model
     OUT/export.json                     what was exported: the checkpoint (path, size, time),
-                                        the quantization, the run's config, the versions
+                                        the quantization, the run's config, the versions,
+                                        the files of the export
 
 It is built in a temporary directory beside OUT and renamed into place only when complete,
-so a failed export leaves OUT as it was. OUT may be new, empty, or an earlier export (which
-is replaced); anything else (a file, a directory of other files) is refused.
+so a failed export leaves OUT as it was. OUT may be new, empty, or an earlier export, which
+is replaced: a directory holding a complete export.json and only the files it lists. Anything
+else (a file, a directory holding one other file) is refused, and nothing in it is touched.
 """
 
 from __future__ import annotations
@@ -20,9 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from transformer.ctranslate2_spec import (
     import_ctranslate2,
     transformer_spec,
 )
+from transformer.files import atomic_directory, sweep_temporaries
 from transformer.search import max_output_lengths
 from transformer.special_ids import PAD_ID
 from transformer.tokenizer import JOINT_MODEL, SRC_MODEL, TGT_MODEL, Tokenizer
@@ -46,6 +48,12 @@ FORMAT = "ctranslate2"
 RECORD_FILE = "export.json"
 DEFAULT_EXPORT_DIR = "ctranslate2"  # inside the run directory: where the engine looks first
 QUANTIZATIONS = ("float32", "int8", "int8_float32", "int16", "float16", "bfloat16")
+# Every name an export writes: how an export made before export.json listed its files is
+# recognised as one to replace.
+_EXPORT_FILES = frozenset(
+    {"model.bin", "config.json", "shared_vocabulary.json", "source_vocabulary.json",
+     "target_vocabulary.json", JOINT_MODEL, SRC_MODEL, TGT_MODEL, RECORD_FILE}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ class ExportRecord:
     ctranslate2_version: str
     torch_version: str
     config: dict[str, Any]  # the run's resolved config (vocabulary sizes filled in)
+    files: list[str] | None = None  # the names in the export (None: made before they were kept)
 
     def run_config(self, source: str) -> Config:
         """The run's config, as the run directory had it when exported."""
@@ -88,6 +97,7 @@ def export_run(
     if quantization not in QUANTIZATIONS:
         raise ExportError(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
     output = Path(output)
+    sweep_temporaries(output.parent)  # a kill that left an earlier export aside puts it back
     _check_output(output)
     ct2 = import_ctranslate2()
     path = resolve_checkpoint(run_dir, checkpoint).resolve()
@@ -117,16 +127,18 @@ def export_run(
     names = [JOINT_MODEL] if tokenizers.joint else [SRC_MODEL, TGT_MODEL]
     tokenizer_files = [Path(run_dir) / TOKENIZER_DIR / name for name in names]
 
-    def write(directory: Path) -> None:
+    def write(directory: Path) -> ExportRecord:
         spec.save(str(directory))
         for file in tokenizer_files:
             shutil.copyfile(file, directory / file.name)
-        text = json.dumps(asdict(record), indent=2, ensure_ascii=False) + "\n"
+        written = replace(record, files=sorted({*os.listdir(directory), RECORD_FILE}))
+        text = json.dumps(asdict(written), indent=2, ensure_ascii=False) + "\n"
         (directory / RECORD_FILE).write_text(text, encoding="utf-8")
+        return written
 
-    _write_directory(output, write)
+    exported = atomic_directory(output, write)
     logger.debug("exported %s (%s) to %s", path, quantization, output)
-    return record
+    return exported
 
 
 def read_export(directory: str | Path) -> ExportRecord:
@@ -139,15 +151,31 @@ def read_export(directory: str | Path) -> ExportRecord:
             f"one with transformer-export --run RUN --format {FORMAT} --output {directory}"
         )
     try:
+        return _read_record(path)
+    except ExportError as error:
+        raise ExportError(f"{path} is damaged ({error}); export the run again") from None
+
+
+def _read_record(path: Path) -> ExportRecord:
+    """The record in an export.json, complete; an `ExportError` saying what is wrong."""
+    try:
         values = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(values, dict):
+            raise ValueError("not a JSON object")
+        required = [field.name for field in fields(ExportRecord) if field.default is MISSING]
+        if missing := [name for name in required if name not in values]:
+            raise ValueError(f"no {', '.join(missing)}")
         record = ExportRecord(**values)
         record.run_config(str(path))
     except (OSError, ValueError, TypeError, ConfigError) as error:
-        raise ExportError(
-            f"{path} is damaged ({str(error).splitlines()[0][:200]}); export the run again"
-        ) from None
+        raise ExportError(str(error).splitlines()[0][:200] or type(error).__name__) from None
     if record.format != FORMAT:
-        raise ExportError(f"{path}: format {record.format!r} is not {FORMAT!r}")
+        raise ExportError(f"format {record.format!r} is not {FORMAT!r}")
+    names = record.files
+    if names is not None and not (
+        isinstance(names, list) and all(isinstance(name, str) for name in names)
+    ):
+        raise ExportError(f"files is not a list of names: {names!r}"[:200])
     return record
 
 
@@ -207,43 +235,27 @@ def _checkpoint_identity(path: Path) -> tuple[str, int, int]:
 
 
 def _check_output(output: Path) -> None:
-    """Refuse an output that is a file, or a directory holding anything but an export."""
+    """Refuse a file, or a directory holding anything but what an earlier export wrote."""
     if output.is_file() or (output.exists() and not output.is_dir()):
-        raise ExportError(f"--output {output} is a file; give a directory to write the export to")
-    if output.is_dir() and any(output.iterdir()) and not (output / RECORD_FILE).is_file():
-        raise ExportError(
-            f"--output {output} is a directory of other files (no {RECORD_FILE}); give a new "
-            "or empty directory, or an earlier export to replace"
-        )
-
-
-def _write_directory(output: Path, write: Any) -> None:
-    """Call `write(directory)` on a temporary directory beside `output`, then put it in place.
-
-    An existing `output` is moved aside first and deleted once the new one is in place; on
-    any failure the temporary directory is removed and `output` is left as it was.
-    """
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        staging = output.parent / f".{output.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        staging.mkdir()  # not mkdtemp: the export gets the permissions the umask gives
-    except OSError as error:
-        raise ExportError(f"cannot write {output}: {error.strerror or error}") from None
-    old = staging.with_name(staging.name + ".old")
-    try:
-        write(staging)
-        if output.exists():
-            os.replace(output, old)
+        raise ExportError(f"{output} is a file; give a directory to write the export to")
+    if not output.is_dir():
+        return
+    entries = sorted(os.scandir(output), key=lambda entry: entry.name)
+    if not entries:
+        return
+    record, damage = None, f"no {RECORD_FILE}"
+    if (output / RECORD_FILE).is_file():
         try:
-            os.replace(staging, output)
-        except BaseException:
-            if old.exists():
-                os.replace(old, output)
-            raise
-    except OSError as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise ExportError(f"cannot write {output}: {error.strerror or error}") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+            record = _read_record(output / RECORD_FILE)
+        except ExportError as error:
+            damage = f"its {RECORD_FILE} is not an export's record: {error}"
+    ours = _EXPORT_FILES if record is None or record.files is None else set(record.files)
+    keep = "so nothing was replaced; export to a new or empty directory"
+    for entry in entries:
+        if entry.name not in ours or not entry.is_file(follow_symlinks=False):
+            raise ExportError(
+                f"{output} is a directory of other files: {entry.name} is not part of an "
+                f"export, {keep}, or move {entry.name} away"
+            )
+    if record is None:
+        raise ExportError(f"{output} is not an earlier export ({damage}), {keep}")

@@ -3,7 +3,13 @@
 Every file the programs write (translations, checkpoints, configs, tokenizers, caches) goes
 through `atomic_write`: a temporary file beside the target, renamed over it only when the
 work has succeeded, so a failure or a kill leaves the old file as it was. Operating-system
-errors become a `FileError` that names the path and the reason.
+errors become a `FileError` that names the path and the reason. A directory (an export) is
+written the same way by `atomic_directory`.
+
+Temporary names say whose they are, `.NAME.transformer-PID-HOST-RANDOM.tmp`: one that a
+`kill -9` left behind is removed by the next write into its directory, once its process is
+gone; nothing else is ever removed. Before writing, `refuse_overwriting` refuses an output
+that is a file the command reads or must keep (the same path, a symlink or a hard link).
 """
 
 from __future__ import annotations
@@ -13,13 +19,16 @@ import gzip
 import io
 import logging
 import os
+import re
+import shutil
+import socket
 import stat
 import sys
 import tempfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import BinaryIO, TextIO, TypeVar
 
 from transformer.errors import UserError
 
@@ -28,6 +37,13 @@ logger = logging.getLogger(__name__)
 _BLOCK_BYTES = 1 << 16
 _GZIP_MAGIC = b"\x1f\x8b"
 STANDARD_STREAM = "-"
+_OURS = "transformer"  # the mark in our temporary names
+_TEMPORARY = re.compile(
+    rf"^\.(?P<name>.+)\.{_OURS}-(?P<pid>\d+)-(?P<host>[0-9a-f]{{8}})-[0-9a-z_]+\.tmp"
+    r"(?P<old>\.old)?$"
+)
+
+Written = TypeVar("Written")
 
 
 class FileError(UserError):
@@ -151,16 +167,40 @@ def same_file(first: str | Path | None, second: str | Path | None) -> bool:
         return False
 
 
-def refuse_same_file(
-    output: str | Path | None, inputs: Iterable[tuple[str, str | Path | None]]
+def refuse_overwriting(
+    output: str | Path | None, keep: Iterable[tuple[str, str | Path | None]]
 ) -> None:
-    """A `FileError` if `output` is the same file as one of `inputs`, (what, path) pairs."""
-    for what, path in inputs:
-        if same_file(output, path):
-            raise FileError(
-                f"the output {output} is the same file as {what} {path}; writing it would "
-                "destroy the input: write the output elsewhere"
-            )
+    """A `FileError` if writing `output` would replace something in `keep`, (what, path) pairs.
+
+    A file in `keep` is refused as the output by any name (a symlink or a hard link to it);
+    a directory in `keep` refuses every path inside it, and every file elsewhere that is a
+    link to one of its files. None and "-" (standard streams) are no file.
+    """
+    if output is None or str(output) == STANDARD_STREAM:
+        return
+    resolved = Path(os.path.realpath(output))
+    for what, path in keep:
+        if path is None or str(path) == STANDARD_STREAM:
+            continue
+        kept = Path(os.path.realpath(path))
+        if not kept.is_dir():
+            if resolved == kept or same_file(resolved, kept):
+                _refuse(output, resolved, f"is the same file as {what} {path}")
+            continue
+        if resolved.is_relative_to(kept):
+            _refuse(output, resolved, f"is inside {what} {path}")
+        if resolved.is_file():
+            for file in kept.rglob("*"):
+                if same_file(resolved, file):
+                    _refuse(output, resolved, f"is the same file as {file} ({what})")
+
+
+def _refuse(output: str | Path, resolved: Path, what: str) -> None:
+    link = "" if Path(output).absolute() == resolved else f" (a link to {resolved})"
+    raise FileError(
+        f"the output {output}{link} {what}; writing it would destroy what the command reads "
+        "or keeps: write the output elsewhere"
+    )
 
 
 # --------------------------------------------------------------------------- writing
@@ -187,8 +227,9 @@ def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
                 yield handle
                 in_body = False
             return
+        sweep_temporaries(target.parent)
         fd, temporary = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
+            prefix=_temporary_prefix(target.name), suffix=".tmp", dir=target.parent
         )
         os.fchmod(fd, stat.S_IMODE(mode) if mode is not None else _new_file_mode())
         with os.fdopen(fd, "wb") as handle:
@@ -229,6 +270,104 @@ def open_output(path: str | Path | None) -> Iterator[TextIO]:
                 layer.close()  # writes the gzip trailer; leaves `raw` open
         except OSError as error:
             raise FileError(f"cannot write {path}: {os_reason(error)}") from None
+
+
+def atomic_directory(output: str | Path, write: Callable[[Path], Written]) -> Written:
+    """Call `write(directory)` on a new temporary directory beside `output`, then make it
+    `output` and return what `write` returned.
+
+    An existing `output` (which the caller has checked may go) is moved aside first and
+    deleted once the new one is in place; on any failure the temporary directory is removed
+    and `output` is left as it was. Operating-system errors become a `FileError`.
+    """
+    output = Path(output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        sweep_temporaries(output.parent)
+        staging = temporary_path(output)
+        staging.mkdir()  # not mkdtemp: the directory gets the permissions the umask gives
+    except OSError as error:
+        raise FileError(f"cannot write {output}: {os_reason(error)}") from None
+    old = staging.with_name(staging.name + ".old")  # a kill meanwhile: the next sweep puts it back
+    try:
+        written = write(staging)
+        if output.exists():
+            os.replace(output, old)
+        try:
+            os.replace(staging, output)
+        except BaseException:
+            if old.exists():
+                os.replace(old, output)
+            raise
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise FileError(f"cannot write {output}: {os_reason(error)}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return written
+
+
+# --------------------------------------------------------------------------- temporaries
+
+
+def temporary_path(target: Path) -> Path:
+    """A new name beside `target` for writing it, of the pattern `sweep_temporaries` knows."""
+    return target.with_name(_temporary_prefix(target.name) + os.urandom(4).hex() + ".tmp")
+
+
+def _temporary_prefix(name: str) -> str:
+    """`.NAME.transformer-PID-HOST-`: whose a temporary file is, for `sweep_temporaries`."""
+    return f".{name}.{_OURS}-{os.getpid()}-{_host_tag()}-"
+
+
+def _host_tag() -> str:
+    """This machine, in 8 hex digits: a process id means something only on its own host."""
+    return f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # it runs, as another user; no such process id
+        return True  # either way: not known to be gone
+    return True
+
+
+def sweep_temporaries(directory: str | Path) -> None:
+    """Remove the temporaries of ours in `directory` that a killed process left behind.
+
+    Only names of our pattern, made on this host by a process that no longer runs, are
+    touched; a directory moved aside (`.old`) whose replacement never arrived is put back.
+    Whatever cannot be removed stays: this never fails the write that called it.
+    """
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    host = _host_tag()
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match is None or match["host"] != host or process_alive(int(match["pid"])):
+            continue
+        path = Path(entry.path)
+        target = path.with_name(match["name"])
+        try:
+            if match["old"] and not os.path.lexists(target):
+                os.replace(path, target)
+                logger.warning("put back %s, left aside by process %s", target, match["pid"])
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:
+            continue
+        logger.info("removed %s, left behind by process %s", path, match["pid"])
 
 
 def _existing_mode(path: Path) -> int | None:

@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 
 from transformer.errors import UserError
-from transformer.files import os_reason
+from transformer.files import os_reason, process_alive
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class RunLock:
             return  # removed since, or being written: the next attempt decides
         pid_text, _, host = holder.partition(" ")
         unknown = not pid_text.isdigit()
-        if unknown or host != socket.gethostname() or _alive(int(pid_text)):
+        if unknown or host != socket.gethostname() or process_alive(int(pid_text)):
             who = "an unknown process" if unknown else f"process {pid_text} on {host}"
             raise RunLockedError(
                 f"{self.path.parent} is in use by {who} (lock file {self.path}); wait for that "
@@ -86,14 +86,3 @@ class RunLock:
             "taking over the stale lock %s of process %s, which no longer runs", self.path, pid_text
         )
         self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it runs, as another user
-        return True
-    return True

@@ -35,6 +35,7 @@ from transformer.device import autocast_dtype
 from transformer.distributed import DistributedContext
 from transformer.errors import UserError
 from transformer.evaluate import corpus_scores
+from transformer.files import temporary_path
 from transformer.loss import TranslationLoss, label_smoothed_loss
 from transformer.model import Transformer
 from transformer.schedule import follows_the_clock, learning_rate
@@ -555,10 +556,13 @@ class Trainer:
 
 def link_checkpoint(source: Path, target: Path) -> None:
     """Make `target` name the same file as `source`, atomically (a copy where links fail)."""
-    temporary = target.with_name(f".{target.name}.link")
-    temporary.unlink(missing_ok=True)
+    temporary = temporary_path(target)  # a kill leaves it for the next write here to sweep
     try:
-        os.link(source, temporary)
-    except OSError:
-        shutil.copyfile(source, temporary)
-    os.replace(temporary, target)
+        try:
+            os.link(source, temporary)
+        except OSError:
+            shutil.copyfile(source, temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

@@ -15,9 +15,14 @@ import logging
 from pathlib import Path
 
 from transformer.averaging import average_checkpoints, select_best, select_last
-from transformer.checkpoint import CheckpointError, checkpoint_dir, save_checkpoint
+from transformer.checkpoint import (
+    CheckpointError,
+    checkpoint_dir,
+    save_checkpoint,
+    training_files,
+)
 from transformer.cli.common import run_command, setup_logging
-from transformer.files import refuse_same_file
+from transformer.files import refuse_overwriting
 
 logger = logging.getLogger("transformer.cli.average")
 
@@ -60,7 +65,8 @@ def _main(argv: list[str] | None) -> int:
     else:
         paths = select_last(args.run, args.last)
     output = args.output or checkpoint_dir(args.run) / "averaged.pt"
-    refuse_same_file(output, [("the input checkpoint", path) for path in paths])
+    inputs = [("the input checkpoint", path) for path in paths]
+    refuse_overwriting(output, [*inputs, *training_files(args.run)])
     state = average_checkpoints(paths)
     save_checkpoint(state, output)
     logger.info("wrote %s (the mean of %d checkpoints, step %d)", output, len(paths), state["step"])

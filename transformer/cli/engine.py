@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
+from transformer.checkpoint import CHECKPOINT_NAMES, run_files
 from transformer.ctranslate2_spec import EXTRA, import_ctranslate2
 from transformer.ctranslate2_translator import CTranslate2Translator
 from transformer.errors import UserError
-from transformer.export import DEFAULT_EXPORT_DIR, ensure_export
+from transformer.export import DEFAULT_EXPORT_DIR, default_export_dir, ensure_export
 
 ENGINES = ("pytorch", "ctranslate2")
 
@@ -40,6 +41,17 @@ def uses_ctranslate2(args: argparse.Namespace) -> bool:
     if args.engine != "ctranslate2" and args.export is not None:
         raise UserError(f"--export {args.export} is a CTranslate2 export: add --engine ctranslate2")
     return args.engine == "ctranslate2"
+
+
+def model_files(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """What decoding reads, which no output may replace (for `refuse_overwriting`): the
+    run's files, --checkpoint, and with --engine ctranslate2 the export."""
+    files = run_files(args.run)
+    if args.checkpoint not in CHECKPOINT_NAMES:
+        files.append(("--checkpoint", Path(args.checkpoint)))
+    if args.engine == "ctranslate2":
+        files.append(("the CTranslate2 export", args.export or default_export_dir(args.run)))
+    return files
 
 
 def ctranslate2_translator(

@@ -26,9 +26,10 @@ from transformer.cli.decoding import (
     load_translator,
     positive_flags,
 )
+from transformer.cli.engine import model_files
 from transformer.errors import UserError
 from transformer.evaluate import Scores, corpus_scores
-from transformer.files import open_output, read_lines, refuse_same_file
+from transformer.files import open_output, read_lines, refuse_overwriting
 from transformer.translator import read_run_config
 
 logger = logging.getLogger("transformer.cli.evaluate")
@@ -69,7 +70,8 @@ def _main(argv: list[str] | None) -> int:
     if not args.hypotheses and not (args.run and args.source):
         raise UserError("give --run and --source to translate, or --hypotheses to score")
     inputs = [("--source", args.source), ("--hypotheses", args.hypotheses)]
-    refuse_same_file(args.output, inputs + [("--reference", path) for path in args.reference])
+    inputs += [("--reference", path) for path in args.reference]
+    refuse_overwriting(args.output, inputs + (model_files(args) if args.run else []))
     references = [read_lines(path) for path in args.reference]
     if args.hypotheses:
         hypotheses = read_lines(args.hypotheses)

@@ -32,6 +32,7 @@ from transformer.cli.decoding import (
     load_translator,
     positive_flags,
 )
+from transformer.cli.engine import model_files
 from transformer.cli.explain import MAX_ATTENTION_LINES, explain_lines
 from transformer.config import DecodingConfig
 from transformer.errors import UserError
@@ -41,7 +42,7 @@ from transformer.files import (
     open_input,
     open_output,
     os_reason,
-    refuse_same_file,
+    refuse_overwriting,
 )
 from transformer.translator import Translation, Translator, read_run_config
 
@@ -146,7 +147,9 @@ def _main(argv: list[str] | None) -> int:
         raise UserError(f"--nbest must be >= 1 (got {args.nbest})")
     if args.text and args.input:
         raise UserError("give either --text or --input, not both")
-    refuse_same_file(args.output, [("--input", args.input)])
+    reads = [("--input", args.input), *model_files(args)]
+    refuse_overwriting(args.output, reads)
+    refuse_overwriting(args.attention, reads)
     if args.attention is not None:
         return _main_with_attention(args)
     with contextlib.ExitStack() as stack:
