@@ -81,7 +81,7 @@ def train(argv: list[str] | None = None) -> int:
         logging.getLogger("transformer").setLevel(logging.WARNING)
     with _log_buffer() as log:
         start = plan_run(run_dir, args.config, args.overrides, args.resume)
-        device = resolve_device(start.config.training.device)
+        device = resolve_device(start.config.training.device, "training.device")
         if context.enabled and device.type == "cuda":
             device = torch.device("cuda", context.local_rank)
             torch.cuda.set_device(device)
