@@ -16,7 +16,7 @@ from pathlib import Path
 
 from transformer.averaging import average_checkpoints, select_best, select_last
 from transformer.checkpoint import CheckpointError, checkpoint_dir, save_checkpoint
-from transformer.cli.common import run_command, setup_logging
+from transformer.cli.common import CommandParser, run_command, setup_logging
 from transformer.files import refuse_same_file
 
 logger = logging.getLogger("transformer.cli.average")
@@ -24,7 +24,7 @@ logger = logging.getLogger("transformer.cli.average")
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options of transformer-average."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="transformer-average",
         allow_abbrev=False,
         description="Average the parameters of several checkpoints of one run "
