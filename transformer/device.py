@@ -19,8 +19,12 @@ class DeviceError(UserError, ValueError):
     """A device was asked for that this machine does not have."""
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """ "auto" -> CUDA, else MPS, else CPU; "cpu", "cuda", "cuda:N", "mps" are checked to exist."""
+def resolve_device(name: str = "auto", option: str = "--device") -> torch.device:
+    """ "auto" -> CUDA, else MPS, else CPU; "cpu", "cuda", "cuda:N", "mps" are checked to exist.
+
+    `option` is how the user chose the device, named in the errors with what to give instead:
+    a flag (`--device`) or a config key (`training.device`, given with `--set KEY=VALUE`).
+    """
     name = name.strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
@@ -28,30 +32,34 @@ def resolve_device(name: str = "auto") -> torch.device:
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
+    choices = "use auto, cpu, cuda, cuda:N or mps"
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        raise DeviceError(f"{option}: unknown device {name!r}; {choices}") from None
+    asked = f"{option}: device {name!r} asked for, but"
+    instead = f"use {_setting(option, 'cpu')} or {_setting(option, 'auto')}"
     if device.type == "cpu":
         return device
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(
-                f"device {name!r} asked for, but CUDA is not available here; "
-                "use --device cpu or auto"
-            )
+            raise DeviceError(f"{asked} CUDA is not available here; {instead}")
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             raise DeviceError(
-                f"device {name!r} asked for, but this machine has {count} "
-                f"CUDA device(s) (cuda:0 .. cuda:{count - 1})"
+                f"{asked} this machine has {count} CUDA device(s) (cuda:0 .. cuda:{count - 1})"
             )
         return device
     if device.type == "mps":
         if not _mps_available():
-            raise DeviceError(f"device {name!r} asked for, but MPS is not available here")
+            raise DeviceError(f"{asked} MPS is not available here; {instead}")
         return device
-    raise DeviceError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    raise DeviceError(f"{option}: unsupported device {name!r}; {choices}")
+
+
+def _setting(option: str, value: str) -> str:
+    """How to give `value` for `option`: `--device cpu`, or `--set training.device=cpu`."""
+    return f"{option} {value}" if option.startswith("-") else f"--set {option}={value}"
 
 
 def _mps_available() -> bool:

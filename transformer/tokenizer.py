@@ -209,6 +209,12 @@ def train_tokenizers(
 def _copy_model(source: str, key: str, destination: Path) -> None:
     """Copy a user-given model file into the run directory after checking that it loads."""
     path = Path(source).expanduser()
+    if path.is_dir():
+        models = sorted(path.glob("*.model"))
+        example = f", e.g. {models[0]}" if models else ""
+        raise TokenizerError(
+            f"{key}: {path} is a directory; give the SentencePiece model file itself{example}"
+        )
     if not path.is_file():
         raise TokenizerError(f"{key}: file not found: {path}")
     Tokenizer(path)

@@ -29,7 +29,7 @@ from transformer.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from transformer.config import Config, config_changes, config_to_dict
+from transformer.config import Config, TrainingConfig, config_changes, config_to_dict
 from transformer.data import EncodedCorpus
 from transformer.device import autocast_dtype
 from transformer.distributed import DistributedContext
@@ -90,6 +90,16 @@ class StopRequest:
 
 class DivergenceError(UserError):
     """The loss, the gradients or the parameters became non-finite; nothing of it was saved."""
+
+
+def _lower_after_divergence(key: str, value: float) -> float:
+    """The training.`key` (lr or lr_scale) to suggest after a divergence at `value`.
+
+    A tenth of it, and at most the default: halving a value far too large (lr 1e6) would
+    take twenty runs that diverge again.
+    """
+    default = {field.name: field.default for field in dataclasses.fields(TrainingConfig)}[key]
+    return min(value / 10, default)
 
 
 class Trainer:
@@ -242,12 +252,13 @@ class Trainer:
         """The error that ends a diverged training: what happened, and which setting to lower."""
         key = "lr_scale" if self.cfg.schedule == "noam" else "lr"
         value = getattr(self.cfg, key)
+        lower = _lower_after_divergence(key, value)
         last = checkpoint_dir(self.run_dir) / "last.pt"
         since = (
             f"continue from {last} (step {self.saved_step}) with "
-            f"--resume --set training.{key}={value / 2:g}"
+            f"--resume --set training.{key}={lower:g}"
             if self.saved_step >= 0
-            else f"start again with --set training.{key}={value / 2:g}"
+            else f"start again with --set training.{key}={lower:g}"
         )
         return DivergenceError(
             f"training diverged at step {self.progress.step}: {what}; nothing non-finite was "

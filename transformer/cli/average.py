@@ -21,7 +21,7 @@ from transformer.checkpoint import (
     save_checkpoint,
     training_files,
 )
-from transformer.cli.common import run_command, setup_logging
+from transformer.cli.common import CommandParser, run_command, setup_logging
 from transformer.files import refuse_overwriting
 
 logger = logging.getLogger("transformer.cli.average")
@@ -29,7 +29,7 @@ logger = logging.getLogger("transformer.cli.average")
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options of transformer-average."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="transformer-average",
         allow_abbrev=False,
         description="Average the parameters of several checkpoints of one run "

@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from transformer.cli.common import run_command, setup_logging
+from transformer.cli.common import CommandParser, run_command, setup_logging
 from transformer.cli.decoding import (
     add_decoding_flags,
     decoding_from_args,
@@ -37,7 +37,7 @@ logger = logging.getLogger("transformer.cli.evaluate")
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options of transformer-evaluate."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="transformer-evaluate",
         allow_abbrev=False,
         description="Translate --source with --run and score it against --reference "

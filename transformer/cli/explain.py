@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from transformer.attention_plots import MissingExtraError, write_attention_figures
-from transformer.cli.common import run_command, setup_logging
+from transformer.cli.common import CommandParser, run_command, setup_logging
 from transformer.cli.decoding import DTYPES
 from transformer.config import DecodingConfig
 from transformer.errors import UserError
@@ -37,7 +37,7 @@ _NAME_WIDTH = 62
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options of transformer-explain."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="transformer-explain",
         description="Follow a sentence through a trained model: every stage with its shapes, "
         "every attention as JSON and as heatmaps.",

@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from transformer.cli.common import run_command, setup_logging
+from transformer.cli.common import CommandParser, run_command, setup_logging
 from transformer.export import (
     DEFAULT_EXPORT_DIR,
     FORMAT,
@@ -30,7 +30,7 @@ from transformer.translator import read_run_config
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options of transformer-export."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="transformer-export",
         description="Export a trained run to an inference engine's format (CTranslate2).",
         allow_abbrev=False,

@@ -16,18 +16,25 @@ import argparse
 import contextlib
 import ipaddress
 import logging
+import signal
 import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from transformer.checkpoint import resolve_checkpoint
-from transformer.cli.common import run_command, setup_logging
+from transformer.cli.common import CommandParser, run_command, setup_logging
 from transformer.cli.decoding import DTYPES
 from transformer.device import resolve_device
 from transformer.errors import UserError
 from transformer.serve.settings import ServeSettings
 from transformer.translator import Translator
+
+if TYPE_CHECKING:
+    import uvicorn
 
 logger = logging.getLogger("transformer.cli.serve")
 
@@ -41,7 +48,7 @@ LIMITS = {  # ServeSettings fields, each an option
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options of transformer-serve."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="transformer-serve",
         description="Serve a trained run: a JSON API (POST /translate, POST /explain, "
         "GET /info, GET /health; documented at /docs) and a page at / that shows the "
@@ -158,12 +165,35 @@ def _main(argv: list[str] | None) -> int:
         logger.info("serving %s on http://%s:%d/ (the API at /docs)", args.run, address, port)
         logging.getLogger("uvicorn.error").setLevel(logging.INFO)
         config = uvicorn.Config(app, log_config=None, access_log=args.verbose)
+        server = uvicorn.Server(config)
         # Ctrl-C is how a server stops: uvicorn shuts down gracefully, then re-raises it.
-        with contextlib.suppress(KeyboardInterrupt):
-            uvicorn.Server(config).run(sockets=[sock])
+        with contextlib.suppress(KeyboardInterrupt), _hangup_stops(server):
+            server.run(sockets=[sock])
     finally:
         sock.close()
     return 0
+
+
+@contextlib.contextmanager
+def _hangup_stops(server: uvicorn.Server) -> Iterator[None]:
+    """SIGHUP (the terminal closed) stops the server gracefully, as uvicorn's SIGTERM does.
+
+    uvicorn answers SIGINT and SIGTERM only; an interrupt raised inside its event loop
+    instead (what `run_command` makes of SIGHUP) would leave it hanging.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()  # only it may set handlers
+        or signal.getsignal(signal.SIGHUP) is signal.SIG_IGN  # `nohup`: the server keeps running
+    ):
+        yield
+        return
+    previous = signal.signal(
+        signal.SIGHUP, lambda signum, frame: server.handle_exit(signal.SIGTERM, frame)
+    )
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,15 @@ from pathlib import Path
 import torch
 
 from transformer.checkpoint import LOG_FILE, checkpoint_dir
-from transformer.cli.common import Interrupted, add_override_flag, run_command, setup_logging
+from transformer.cli.common import (
+    STOP_SIGNALS,
+    CommandParser,
+    Interrupted,
+    add_override_flag,
+    run_command,
+    setup_logging,
+    tell,
+)
 from transformer.device import resolve_device
 from transformer.distributed import (
     DistributedContext,
@@ -40,9 +48,9 @@ from transformer.training import Progress, StopRequest, Trainer
 logger = logging.getLogger("transformer")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The command line of transformer-train."""
-    parser = argparse.ArgumentParser(
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options of transformer-train."""
+    parser = CommandParser(
         prog="transformer-train",
         allow_abbrev=False,
         description="Train an encoder-decoder Transformer from a YAML config. "
@@ -59,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--resume", action="store_true", help="continue the run in --run-dir from last.pt"
     )
     parser.add_argument("--verbose", action="store_true", help="log debug messages")
-    return parser.parse_args(argv)
+    return parser
 
 
 def train(argv: list[str] | None = None) -> int:
@@ -68,7 +76,7 @@ def train(argv: list[str] | None = None) -> int:
     Everything is checked (config, data, tokenizer, model, checkpoint) before the run
     directory gets its config.yaml and train.log; until then a failure leaves it as it was.
     """
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     if args.run_dir is None:
         if args.config is None:
@@ -81,7 +89,7 @@ def train(argv: list[str] | None = None) -> int:
         logging.getLogger("transformer").setLevel(logging.WARNING)
     with _log_buffer() as log:
         start = plan_run(run_dir, args.config, args.overrides, args.resume)
-        device = resolve_device(start.config.training.device)
+        device = resolve_device(start.config.training.device, "training.device")
         if context.enabled and device.type == "cuda":
             device = torch.device("cuda", context.local_rank)
             torch.cuda.set_device(device)
@@ -166,7 +174,7 @@ def _interrupted(signum: int, step: int, run_dir: Path, context: DistributedCont
             if context.enabled
             else f"transformer-train {resume}"
         )
-        sys.stderr.write(
+        tell(
             f"interrupted by {signal.Signals(signum).name}: saved step {step} in "
             f"{checkpoint_dir(run_dir) / 'last.pt'}; resume with: {command}\n"
         )
@@ -174,8 +182,9 @@ def _interrupted(signum: int, step: int, run_dir: Path, context: DistributedCont
 
 
 class StopOnSignals:
-    """SIGINT (Ctrl-C) and SIGTERM: stop training at the next step boundary, with last.pt saved.
+    """SIGINT, SIGTERM and SIGHUP: stop training at the next step boundary, with last.pt saved.
 
+    Ctrl-C, `kill`, or the terminal closing (SIGHUP) all end in a checkpoint to resume from.
     Until `armed` (while setting up) a signal stops the command at once, as does a second
     signal during training; nothing half-written is left behind either way.
     """
@@ -196,8 +205,8 @@ class StopOnSignals:
         )
 
     def __enter__(self) -> StopOnSignals:
-        for number in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(number) is not signal.SIG_IGN:  # e.g. `cmd &` in a script
+        for number in (signal.SIGINT, *STOP_SIGNALS):
+            if signal.getsignal(number) is not signal.SIG_IGN:  # `cmd &` in a script, `nohup`
                 self.previous[number] = signal.signal(number, self.handle)
         return self
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from transformer.cli.common import run_command, setup_logging
+from transformer.cli.common import CommandParser, run_command, setup_logging
 from transformer.cli.decoding import (
     add_decoding_flags,
     decoding_from_args,
@@ -53,7 +53,7 @@ CHUNK_LINES = 1000
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options of transformer-translate."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="transformer-translate",
         allow_abbrev=False,
         description="Translate text with a trained run directory. Reads --text, --input, "
