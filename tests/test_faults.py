@@ -609,8 +609,10 @@ def _parser_calls(path: Path) -> list[ast.Call]:
         node
         for node in ast.walk(tree)
         if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "ArgumentParser"
+        and (
+            (isinstance(node.func, ast.Attribute) and node.func.attr == "ArgumentParser")
+            or (isinstance(node.func, ast.Name) and node.func.id == "CommandParser")
+        )
     ]
 
 
