@@ -21,12 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from transformer.model.attention import (
-    causal_mask,
-    fused_attention,
-    scaled_dot_product_attention,
-    written_out_is_faster,
-)
+from transformer.model.attention import causal_mask, fused_attention, scaled_dot_product_attention
+from transformer.model.fast import written_out_is_faster
 
 
 def milliseconds(run: Callable[[], None], repeats: int) -> float:
@@ -41,11 +37,11 @@ def milliseconds(run: Callable[[], None], repeats: int) -> float:
 
 
 def through_fused(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, grad: Tensor) -> None:
-    fused_attention(q, k, v, mask, 0.0, True).backward(grad)
+    fused_attention(q, k, v, mask).backward(grad)
 
 
 def through_written_out(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, grad: Tensor) -> None:
-    scaled_dot_product_attention(q, k, v, mask, 0.0, True)[0].backward(grad)
+    scaled_dot_product_attention(q, k, v, mask)[0].backward(grad)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,7 +48,7 @@ from transformer.config import DecodingConfig, ModelConfig
 from transformer.ctranslate2_spec import import_ctranslate2, transformer_spec
 from transformer.ctranslate2_translator import search_options
 from transformer.errors import UserError
-from transformer.model import Transformer
+from transformer.model import Transformer, build_model
 from transformer.search import beam_search, greedy_search
 
 PAD_ID, EOS_ID, FIRST_WORD_ID = 0, 3, 4
@@ -130,7 +130,7 @@ def random_model(vocab_size: int, seed: int) -> Transformer:
         num_decoder_layers=3,
         share_embeddings=True,
     )
-    return Transformer(config).eval()
+    return build_model(config).eval()
 
 
 def synchronize(device: torch.device) -> None:

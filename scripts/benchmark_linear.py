@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from benchmark_attention import milliseconds  # scripts/ is the script's folder
 from torch import Tensor
 
-from transformer.model.linear import (
+from transformer.model.fast import (
     ROW_STEP,
     _onednn_matmul,
     onednn_available,

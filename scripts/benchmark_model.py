@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from transformer.config import ModelConfig
 from transformer.model import Transformer
+from transformer.model import build_model as build_transformer
 from transformer.model.positions import sinusoidal_table
 
 PAD, BOS, EOS = 0, 2, 3
@@ -161,7 +162,7 @@ def build_model(impl: str, size: Size, vocab_size: int, dropout: float) -> nn.Mo
             share_embeddings=True,
             tie_output_embeddings=True,
         )
-        return Transformer(config)
+        return build_transformer(config)  # with the fast paths, as training builds it
     return ReferenceTransformer(vocab_size, size, dropout, "relu", norm_first=False)
 
 

@@ -49,7 +49,7 @@ from transformer.batching import TokenBatchSampler
 from transformer.config import ModelConfig
 from transformer.loss import TranslationLoss, label_smoothed_loss
 from transformer.memory import keep_freed_memory
-from transformer.model import Transformer
+from transformer.model import build_model
 from transformer.search import beam_search, greedy_search
 from transformer.special_ids import BOS_ID, EOS_ID, PAD_ID
 
@@ -76,7 +76,7 @@ def our_model() -> nn.Module:
         share_embeddings=True,
         tie_output_embeddings=True,
     )
-    return Transformer(config)
+    return build_model(config)
 
 
 def marian_model() -> nn.Module:

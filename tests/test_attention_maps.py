@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor
 
 from transformer.config import ModelConfig
-from transformer.model import AttentionMaps, Transformer
+from transformer.model import AttentionMaps, AttentionRecorder, Transformer, build_model
 
 PAD, BOS = 0, 2
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 
-def tiny_model(**overrides: object) -> Transformer:
-    """A 2+3-layer, 4-head, d_model 32 model in eval mode."""
+def tiny_model(fast: bool = True, **overrides: object) -> Transformer:
+    """A 2+3-layer, 4-head, d_model 32 model in eval mode (with the fast paths, or without)."""
     settings: dict[str, object] = {
         "src_vocab_size": 20,
         "tgt_vocab_size": 20,
@@ -27,7 +26,7 @@ def tiny_model(**overrides: object) -> Transformer:
     }
     settings.update(overrides)
     torch.manual_seed(0)
-    return Transformer(ModelConfig(**settings)).eval()
+    return build_model(ModelConfig(**settings), fast).eval()
 
 
 SRC = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, PAD, PAD]])  # (B=2, S=5), the second padded
@@ -70,29 +69,34 @@ def test_the_maps_are_the_weights_multi_head_attention_returns(maps: AttentionMa
     model = tiny_model()
     src_mask = model.source_mask(SRC)
     x = model.encoder.positional(model.src_embed(SRC))  # the first layer's input (no dropout)
-    weights: list[Tensor] = []
-    model.encoder.layers[0].self_attn(x, x, src_mask, weights=weights)
-    torch.testing.assert_close(maps.encoder_self[0], weights[0], **TOL)
+    recorder = AttentionRecorder()
+    attention = model.encoder.layers[0].self_attn
+    attention.self_attention(x, src_mask, recorder=recorder)
+    torch.testing.assert_close(maps.encoder_self[0], recorder[attention], **TOL)
 
 
+@pytest.mark.parametrize("fast", [True, False])
 @torch.no_grad()
-def test_the_maps_are_the_same_with_and_without_the_cache(maps: AttentionMaps) -> None:
-    model = tiny_model()
+def test_the_maps_are_the_same_with_and_without_the_cache(maps: AttentionMaps, fast: bool) -> None:
+    model = tiny_model(fast)
     src_mask = model.source_mask(SRC)
     memory = model.encode(SRC, src_mask)
     cache = model.new_cache()
-    self_steps: list[Tensor] = []  # per step, per layer: (B, H, 1, t + 1)
-    cross_steps: list[Tensor] = []  # per step, per layer: (B, H, 1, S)
     for t in range(TGT.size(1)):
-        step = model.tgt_embed(TGT[:, t : t + 1])
-        model.decoder(step, memory, src_mask, cache, self_steps, cross_steps)
-    layers = model.config.num_decoder_layers
-    for layer in range(layers):
-        for t in range(TGT.size(1)):
-            self_row = self_steps[t * layers + layer][:, :, 0]  # (B, H, t + 1)
-            torch.testing.assert_close(self_row, maps.decoder_self[layer, :, :, t, : t + 1], **TOL)
-            cross_row = cross_steps[t * layers + layer][:, :, 0]  # (B, H, S)
-            torch.testing.assert_close(cross_row, maps.cross[layer, :, :, t], **TOL)
+        recorder = AttentionRecorder()
+        model.decoder(model.tgt_embed(TGT[:, t : t + 1]), memory, src_mask, cache, recorder)
+        for number, layer in enumerate(model.decoder.layers):
+            self_row = recorder[layer.self_attn][:, :, 0]  # (B, H, t + 1)
+            torch.testing.assert_close(self_row, maps.decoder_self[number, :, :, t, : t + 1], **TOL)
+            cross_row = recorder[layer.cross_attn][:, :, 0]  # (B, H, S)
+            torch.testing.assert_close(cross_row, maps.cross[number, :, :, t], **TOL)
+
+
+@torch.no_grad()
+def test_the_fast_and_the_plain_model_draw_the_same_maps(maps: AttentionMaps) -> None:
+    plain = tiny_model(fast=False).attention_maps(SRC, TGT)
+    for name in ("encoder_self", "decoder_self", "cross"):
+        torch.testing.assert_close(getattr(plain, name), getattr(maps, name), **TOL)
 
 
 @torch.no_grad()

@@ -1,27 +1,29 @@
-"""Dropout: the keyed mask drops each value with probability p, independently, scales the
-survivors by 1 / (1 − p), and draws from the seeded generator."""
+"""Dropout's fast path (`transformer.model.fast`): the keyed mask drops each value with
+probability p, independently, scales the survivors by 1 / (1 − p), and draws from the seeded
+generator."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
-from transformer.model.dropout import Dropout, dropout, keyed_dropout_mask
+from transformer.model.fast import KeyedDropout, keyed_dropout, keyed_dropout_mask
 
 N = 1 << 20  # values: the dropped fraction is then within ±0.0015 (5 σ) of p = 0.1
 
 
 def test_outside_training_and_at_p_zero_dropout_is_the_identity() -> None:
     x = torch.randn(3, 5)
-    assert dropout(x, 0.3, training=False) is x
-    assert dropout(x, 0.0, training=True) is x
+    assert keyed_dropout(x, 0.3, training=False) is x
+    assert keyed_dropout(x, 0.0, training=True) is x
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
 def test_each_value_is_dropped_with_probability_p_and_the_rest_scaled(p: float) -> None:
     torch.manual_seed(0)
     x = torch.rand(N) + 1.0  # never 0 before dropout
-    out = dropout(x, p, training=True)
+    out = keyed_dropout(x, p, training=True)
     dropped = out == 0
     sigma = (p * (1 - p) / N) ** 0.5
     assert abs(dropped.float().mean().item() - p) < 5 * sigma
@@ -48,7 +50,7 @@ def test_neighbouring_values_are_dropped_independently() -> None:
 def test_the_gradient_is_the_mask() -> None:
     torch.manual_seed(3)
     x = torch.randn(7, 33, requires_grad=True)  # 231 values: not a multiple of four
-    out = dropout(x, 0.2, training=True)
+    out = keyed_dropout(x, 0.2, training=True)
     out.sum().backward()
     torch.testing.assert_close(x.grad, (out != 0).float() / 0.8)
 
@@ -56,19 +58,20 @@ def test_the_gradient_is_the_mask() -> None:
 def test_the_mask_follows_the_seeded_generator() -> None:
     x = torch.ones(1000)
     torch.manual_seed(4)
-    first, second = dropout(x, 0.1, True), dropout(x, 0.1, True)
+    first, second = keyed_dropout(x, 0.1, True), keyed_dropout(x, 0.1, True)
     torch.manual_seed(4)
-    assert torch.equal(dropout(x, 0.1, True), first)
+    assert torch.equal(keyed_dropout(x, 0.1, True), first)
     assert not torch.equal(first, second)
 
 
 def test_p_one_drops_everything() -> None:
-    assert (dropout(torch.randn(10), 1.0, training=True) == 0).all()
+    assert (keyed_dropout(torch.randn(10), 1.0, training=True) == 0).all()
 
 
 def test_the_layer_drops_only_in_training_mode_and_checks_p() -> None:
-    layer, x = Dropout(0.5), torch.ones(1000)
+    layer, x = KeyedDropout(0.5), torch.ones(1000)
+    assert isinstance(layer, nn.Dropout)
     assert (layer(x) == 0).any()
     assert torch.equal(layer.eval()(x), x)
     with pytest.raises(ValueError, match="dropout probability"):
-        Dropout(1.5)
+        KeyedDropout(1.5)

@@ -1,6 +1,6 @@
-"""Linear layers: the oneDNN fast path computes F.linear's numbers, forward and backward, and
-is taken exactly where `onednn_linear_pays` says (training, float32 on a CPU, enough rows,
-not under autocast), with a bounded number of product shapes."""
+"""Linear layers' fast path (`transformer.model.fast`): oneDNN computes F.linear's numbers,
+forward and backward, and is taken exactly where `onednn_linear_pays` says (training, float32
+on a CPU, enough rows, not under autocast), with a bounded number of product shapes."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import transformer.model.linear as linear_module
-from transformer.model.linear import (
+import transformer.model.fast as linear_module
+from transformer.model.attention import QKVProjection
+from transformer.model.fast import (
     MIN_ROWS,
     ROW_STEP,
-    Linear,
+    FastLinear,
+    FastQKVProjection,
     linear,
     onednn_available,
     onednn_linear,
@@ -152,7 +154,7 @@ def test_a_training_batch_takes_the_fast_path_with_few_product_shapes(
         "_onednn_matmul",
         lambda x, *rest: row_counts.add(x.size(0)) or real(x, *rest),
     )
-    layer = Linear(256, 1024)
+    layer = FastLinear(256, 1024)
     for rows in range(1024, 1280, 7):
         x = torch.randn(rows, 256, requires_grad=True)
         out = layer(x)
@@ -161,10 +163,10 @@ def test_a_training_batch_takes_the_fast_path_with_few_product_shapes(
     assert row_counts == {1024}  # forward and the gradient of x
 
 
-def test_linear_is_an_nn_linear_with_its_parameters_and_numbers() -> None:
+def test_the_fast_linear_is_an_nn_linear_with_its_parameters_and_numbers() -> None:
     torch.manual_seed(5)
     reference = nn.Linear(256, 512)
-    layer = Linear(256, 512)
+    layer = FastLinear(256, 512)
     assert isinstance(layer, nn.Linear)
     assert layer.state_dict().keys() == reference.state_dict().keys()
     layer.load_state_dict(reference.state_dict())
@@ -172,3 +174,25 @@ def test_linear_is_an_nn_linear_with_its_parameters_and_numbers() -> None:
     torch.testing.assert_close(layer(x), reference(x), rtol=1e-5, atol=1e-5)
     with torch.inference_mode():  # decoding: no autograd graph, the same numbers
         torch.testing.assert_close(layer(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("part", ["q", "kv", "all"])
+def test_the_fast_stacked_projection_gives_each_part_and_its_gradients_as_the_plain_one(
+    part: str,
+) -> None:
+    # Cross-attention multiplies by a part of [W^Q | W^K | W^V]: that product too takes the
+    # fast path in training, with the numbers of the plain layer.
+    torch.manual_seed(6)
+    plain = QKVProjection(256, 128)
+    fast = FastQKVProjection(256, 128)
+    fast.load_state_dict(plain.state_dict())
+    outputs = {"q": plain.q_outputs, "kv": plain.kv_outputs, "all": slice(None)}[part]
+    x = torch.randn(ROW_STEP * 4, 256)
+    upstream = torch.randn(plain(x, outputs).shape)
+    results = []
+    for layer in (fast, plain):
+        out = layer(x, outputs)
+        (out * upstream).sum().backward()
+        results.append([out, layer.weight.grad, layer.bias.grad])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

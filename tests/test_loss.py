@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from transformer import loss as loss_module
 from transformer.config import ModelConfig
 from transformer.loss import TranslationLoss, label_smoothed_loss, projected_label_smoothed_loss
-from transformer.model import Transformer
+from transformer.model import build_model
 
 PAD = 0
 
@@ -124,17 +124,28 @@ def test_under_bfloat16_autocast_the_projected_loss_stays_float32_and_close() ->
     torch.testing.assert_close(loss, reference_loss, rtol=2e-2, atol=0.0)
 
 
-def test_the_training_objective_equals_the_loss_of_the_models_logits() -> None:
+@pytest.mark.parametrize("fast", [True, False])
+def test_the_training_objective_equals_the_loss_of_the_models_logits(
+    fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(6)
     config = ModelConfig(src_vocab_size=13, tgt_vocab_size=11, d_model=8, num_heads=2, d_ff=16,
                          num_encoder_layers=1, num_decoder_layers=1, dropout=0.0)  # fmt: skip
-    model = Transformer(config).train()
+    model = build_model(config, fast).train()
     src = torch.tensor([[5, 6, 7, 3], [8, 9, 3, PAD]])
     tgt_in = torch.tensor([[2, 5, 6], [2, 7, PAD]])
     tgt_out = torch.tensor([[5, 6, 3], [7, 3, PAD]])
     label_smoothed_loss(model(src, tgt_in), tgt_out, 0.1, PAD).backward()
     expected = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
-    TranslationLoss(model, 0.1, PAD)(src, tgt_in, tgt_out).backward()
+    projected = []  # whether the objective took the blocked projection (the fast path)
+    blocked = loss_module.projected_label_smoothed_loss
+    monkeypatch.setattr(
+        loss_module,
+        "projected_label_smoothed_loss",
+        lambda *args: projected.append(True) or blocked(*args),
+    )
+    TranslationLoss(model, 0.1, PAD, fast=fast)(src, tgt_in, tgt_out).backward()
+    assert projected == ([True] if fast else [])
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], msg=name)

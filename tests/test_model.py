@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -16,10 +17,12 @@ from transformer.model import (
     DecoderLayer,
     EncoderLayer,
     FeedForward,
+    LayerSpec,
     LearnedPositionalEncoding,
     MultiHeadAttention,
     SinusoidalPositionalEncoding,
     Transformer,
+    build_model,
     causal_mask,
     padding_mask,
 )
@@ -29,8 +32,9 @@ VOCAB = 20
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 
-def tiny_model(seed: int = 0, **overrides: object) -> Transformer:
-    """A 2+2-layer, d_model 32 model in eval mode (dropout off)."""
+def tiny_model(seed: int = 0, fast: bool = False, **overrides: object) -> Transformer:
+    """A 2+2-layer, d_model 32 model in eval mode (dropout off): the paper's layers, or with
+    the fast paths."""
     settings: dict[str, object] = {
         "src_vocab_size": VOCAB,
         "tgt_vocab_size": VOCAB,
@@ -44,7 +48,7 @@ def tiny_model(seed: int = 0, **overrides: object) -> Transformer:
     }
     settings.update(overrides)
     torch.manual_seed(seed)
-    return Transformer(ModelConfig(**settings)).eval()
+    return build_model(ModelConfig(**settings), fast).eval()
 
 
 def random_ids(batch: int, length: int, seed: int) -> Tensor:
@@ -61,6 +65,7 @@ def padded_source() -> Tensor:
     return src
 
 
+BOTH_WAYS = pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
 ARCHITECTURES = [
     pytest.param({"norm_position": "post", "positional_encoding": "sinusoidal"}, id="post-sin"),
     pytest.param({"norm_position": "pre", "positional_encoding": "sinusoidal"}, id="pre-sin"),
@@ -125,9 +130,10 @@ def decode_step_by_step(model: Transformer, src: Tensor, tgt: Tensor) -> Tensor:
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
+@BOTH_WAYS
 @torch.no_grad()
-def test_step_by_step_decoding_with_cache_equals_full_forward(arch: dict) -> None:
-    model = tiny_model(**arch)
+def test_step_by_step_decoding_with_cache_equals_full_forward(arch: dict, fast: bool) -> None:
+    model = tiny_model(fast=fast, **arch)
     src, tgt = padded_source(), random_ids(3, 6, seed=8)
     torch.testing.assert_close(decode_step_by_step(model, src, tgt), model(src, tgt), **TOL)
 
@@ -148,9 +154,12 @@ def test_decoding_a_prefix_then_steps_with_cache_equals_full_forward(arch: dict)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
+@BOTH_WAYS
 @torch.no_grad()
-def test_cache_reorder_mid_decoding_equals_full_forward_on_reordered_inputs(arch: dict) -> None:
-    model = tiny_model(**arch)
+def test_cache_reorder_mid_decoding_equals_full_forward_on_reordered_inputs(
+    arch: dict, fast: bool
+) -> None:
+    model = tiny_model(fast=fast, **arch)
     src, tgt = padded_source(), random_ids(3, 6, seed=11)
     indices = torch.tensor([2, 0, 0, 1])  # permute and duplicate rows, as beam search does
     src_mask = model.source_mask(src)
@@ -167,11 +176,14 @@ def test_cache_reorder_mid_decoding_equals_full_forward_on_reordered_inputs(arch
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
+@BOTH_WAYS
 @torch.no_grad()
-def test_beams_reading_one_source_row_per_sentence_equal_a_full_forward(arch: dict) -> None:
+def test_beams_reading_one_source_row_per_sentence_equal_a_full_forward(
+    arch: dict, fast: bool
+) -> None:
     # Beam search: one hypothesis per sentence at first, then 4 beams each (12 rows) that read
     # their sentence's encoder output; the cache keeps its keys/values once per sentence.
-    model, beams = tiny_model(**arch), 4
+    model, beams = tiny_model(fast=fast, **arch), 4
     src, tgt = padded_source(), random_ids(12, 5, seed=21)
     tgt[:, 0] = BOS  # every beam starts alike
     src_mask = model.source_mask(src)
@@ -196,11 +208,12 @@ def test_beams_reading_one_source_row_per_sentence_equal_a_full_forward(arch: di
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES[:2])
+@BOTH_WAYS
 @torch.no_grad()
 def test_decoding_several_rows_per_source_without_a_cache_equals_repeating_the_source(
-    arch: dict,
+    arch: dict, fast: bool
 ) -> None:
-    model = tiny_model(**arch)
+    model = tiny_model(fast=fast, **arch)
     src, tgt = padded_source(), random_ids(6, 4, seed=23)  # 2 target rows per sentence
     src_mask = model.source_mask(src)
     memory = model.encode(src, src_mask)
@@ -209,10 +222,11 @@ def test_decoding_several_rows_per_source_without_a_cache_equals_repeating_the_s
     torch.testing.assert_close(shared, model.decode(tgt, memory[copies], src_mask[copies]), **TOL)
 
 
+@BOTH_WAYS
 @torch.no_grad()
-def test_a_reorder_that_mixes_sentences_gives_each_row_its_own_source() -> None:
+def test_a_reorder_that_mixes_sentences_gives_each_row_its_own_source(fast: bool) -> None:
     # Not what the searches do, but a cache must follow any reorder.
-    model = tiny_model()
+    model = tiny_model(fast=fast)
     src, tgt = padded_source(), random_ids(6, 3, seed=24)
     tgt[:, 0] = BOS  # the beams of a sentence start alike
     src_mask = model.source_mask(src)
@@ -335,15 +349,49 @@ def test_gelu_model_differs_from_relu_model_with_the_same_weights() -> None:
     assert not torch.allclose(relu(src, tgt), gelu(src, tgt))
 
 
+# ------------------------------------------------------------------------ the layer spec
+
+
+def test_every_layer_is_built_from_one_spec_read_from_the_config() -> None:
+    model = tiny_model(positional_encoding="rope", num_heads=4, num_kv_heads=2)
+    spec = LayerSpec.from_config(model.config)
+    assert (spec.d_k, spec.kv_heads, spec.kv_dim, spec.rope) == (8, 2, 16, True)
+    layers = [*model.encoder.layers, *model.decoder.layers]
+    assert all(layer.self_attn.spec == spec for layer in layers)
+    assert all(layer.self_attn.rotary.d_k == spec.d_k for layer in layers)  # d_k: one home
+    for layer in model.decoder.layers:  # source and target positions are not comparable
+        assert layer.cross_attn.spec == dataclasses.replace(spec, rope=False)
+        assert layer.cross_attn.rotary is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"num_heads": 3}, "d_model"),
+        ({"num_kv_heads": 3}, "num_kv_heads"),
+        ({"activation": "swish"}, "activation"),
+        ({"norm_position": "middle"}, "norm_position"),
+        ({"norm": "batchnorm"}, "norm"),
+        ({"d_model": 12, "num_heads": 4, "rope": True}, "d_k"),
+    ],
+)
+def test_a_layer_spec_refuses_an_impossible_layer_naming_the_field(
+    changes: dict, field: str
+) -> None:
+    values = {"d_model": 16, "num_heads": 4, "d_ff": 32, **changes}
+    with pytest.raises(ValueError, match=field):
+        LayerSpec(**values)
+
+
 # ------------------------------------------------------ layers against the paper's formulas
 
 
 def paper_attention(mha: MultiHeadAttention, query: Tensor, key_value: Tensor, mask) -> Tensor:
     """MultiHead(Q, K, V) = Concat(head_1..head_h) W^O, one head at a time, from mha's weights."""
-    D, d_k = mha.d_model, mha.d_k
+    D, d_k = mha.spec.d_model, mha.spec.d_k
     W, b = mha.qkv_proj.weight, mha.qkv_proj.bias
     heads = []
-    for i in range(mha.num_heads):
+    for i in range(mha.spec.num_heads):
         rows = slice(i * d_k, (i + 1) * d_k)  # head i's columns of W^Q, W^K, W^V
         q = query @ W[:D][rows].T + b[:D][rows]
         k = key_value @ W[D : 2 * D][rows].T + b[D : 2 * D][rows]
@@ -382,7 +430,8 @@ def randomise(module: nn.Module, seed: int) -> nn.Module:
 def test_encoder_layer_computes_the_papers_self_attention_and_feed_forward_sublayers(
     norm_position: str,
 ) -> None:
-    layer = randomise(EncoderLayer(16, 2, 32, 0.0, 0.0, "relu", norm_position), seed=1)
+    spec = LayerSpec(16, 2, 32, dropout=0.0, norm_position=norm_position)
+    layer = randomise(EncoderLayer(spec), seed=1)
     x = torch.randn(2, 5, 16)
     mask = padding_mask(torch.tensor([[4, 5, 6, 7, 8], [4, 5, 0, 0, 0]]), PAD)
     h = paper_sublayer(
@@ -399,7 +448,8 @@ def test_encoder_layer_computes_the_papers_self_attention_and_feed_forward_subla
 def test_decoder_layer_computes_masked_self_attention_cross_attention_and_feed_forward(
     norm_position: str,
 ) -> None:
-    layer = randomise(DecoderLayer(16, 2, 32, 0.0, 0.0, "relu", norm_position), seed=2)
+    spec = LayerSpec(16, 2, 32, dropout=0.0, norm_position=norm_position)
+    layer = randomise(DecoderLayer(spec), seed=2)
     x, memory = torch.randn(2, 4, 16), torch.randn(2, 5, 16)
     src_mask = padding_mask(torch.tensor([[4, 5, 6, 7, 8], [4, 5, 6, 0, 0]]), PAD)
     tgt_mask = causal_mask(4, 4)[None, None]  # (1, 1, T, T)

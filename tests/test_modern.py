@@ -16,11 +16,13 @@ from torch import Tensor
 
 from transformer.config import ConfigError, ModelConfig, config_from_dict
 from transformer.model import (
+    LayerSpec,
     MultiHeadAttention,
     RMSNorm,
     RotaryPositionalEncoding,
     SwiGLUFeedForward,
     Transformer,
+    build_model,
 )
 from transformer.model.attention import (
     causal_mask,
@@ -91,8 +93,8 @@ def test_grouped_query_attention_equals_full_attention_with_each_kv_head_repeate
     # 4 query heads sharing 2 K/V heads = 4-head attention whose W^K, W^V rows repeat each
     # shared head for the two query heads of its group.
     torch.manual_seed(3)
-    grouped = MultiHeadAttention(16, 4, num_kv_heads=2).eval()
-    full = MultiHeadAttention(16, 4).eval()
+    grouped = MultiHeadAttention(LayerSpec(16, 4, 32, num_kv_heads=2)).eval()
+    full = MultiHeadAttention(LayerSpec(16, 4, 32)).eval()
     d_k, D = 4, 16
     with torch.no_grad():
         w, b = grouped.qkv_proj.weight, grouped.qkv_proj.bias  # (16 + 8 + 8, 16)
@@ -104,17 +106,20 @@ def test_grouped_query_attention_equals_full_attention_with_each_kv_head_repeate
         full.qkv_proj.bias.copy_(torch.cat([b[:D], k_bias, v_bias]))
         full.out_proj.load_state_dict(grouped.out_proj.state_dict())
     x, memory = torch.randn(2, 5, D), torch.randn(2, 7, D)
-    torch.testing.assert_close(grouped(x, x, causal_mask(5, 5)), full(x, x, causal_mask(5, 5)))
-    torch.testing.assert_close(grouped(x, memory), full(x, memory), **TOL)
+    mask = causal_mask(5, 5)
+    torch.testing.assert_close(grouped.self_attention(x, mask), full.self_attention(x, mask))
+    torch.testing.assert_close(
+        grouped.cross_attention(x, memory), full.cross_attention(x, memory), **TOL
+    )
 
 
 def test_grouped_query_attention_with_as_many_kv_heads_as_heads_is_standard_attention() -> None:
     torch.manual_seed(4)
-    standard = MultiHeadAttention(16, 4).eval()
-    same = MultiHeadAttention(16, 4, num_kv_heads=4).eval()
+    standard = MultiHeadAttention(LayerSpec(16, 4, 32)).eval()
+    same = MultiHeadAttention(LayerSpec(16, 4, 32, num_kv_heads=4)).eval()
     same.load_state_dict(standard.state_dict())
     x = torch.randn(2, 5, 16)
-    torch.testing.assert_close(same(x, x), standard(x, x), atol=0, rtol=0)
+    torch.testing.assert_close(same.self_attention(x), standard.self_attention(x), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -123,7 +128,7 @@ def test_fused_grouped_attention_equals_the_written_out_one(masked: bool) -> Non
     q, k, v = torch.randn(2, 4, 6, 8), torch.randn(2, 1, 6, 8), torch.randn(2, 1, 6, 8)
     mask = causal_mask(6, 6) if masked else None
     written, weights = scaled_dot_product_attention(q, k, v, mask)
-    torch.testing.assert_close(fused_attention(q, k, v, mask, 0.0, False), written, **TOL)
+    torch.testing.assert_close(fused_attention(q, k, v, mask), written, **TOL)
     reference, _ = scaled_dot_product_attention(
         q, repeat_kv_heads(k, 4), repeat_kv_heads(v, 4), mask
     )
@@ -155,7 +160,8 @@ SWITCHES = list(
 )
 
 
-def tiny_model(**overrides: object) -> Transformer:
+def tiny_model(fast: bool = True, **overrides: object) -> Transformer:
+    """A tiny model in eval mode, with the fast paths (as decoding builds it) or without."""
     settings: dict[str, object] = dict(
         src_vocab_size=VOCAB,
         tgt_vocab_size=VOCAB,
@@ -169,7 +175,7 @@ def tiny_model(**overrides: object) -> Transformer:
     )
     settings.update(overrides)
     torch.manual_seed(0)
-    return Transformer(ModelConfig(**settings)).eval()
+    return build_model(ModelConfig(**settings), fast).eval()
 
 
 def switched(switches: tuple) -> Transformer:

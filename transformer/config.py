@@ -232,6 +232,7 @@ class TrainingConfig:
     device: str = "auto"
     precision: str = "fp32"
     compile: bool = False
+    fast: bool = True  # the model's fast paths (transformer.model.fast); false: the paper's code
     max_steps: int = 100_000
     max_epochs: int = 100
     max_time_minutes: float = 0.0

@@ -233,7 +233,7 @@ def _fill_self_attention(spec: Any, attention: nn.Module, norm: nn.Module) -> No
 
 def _fill_cross_attention(spec: Any, attention: nn.Module, norm: nn.Module) -> None:
     """Queries from the W^Q rows; keys and values from the W^K, W^V rows, fused."""
-    D, kv = attention.d_model, attention.kv_dim
+    D, kv = attention.spec.d_model, attention.spec.kv_dim
     w_q, w_kv = attention.qkv_proj.weight.split([D, 2 * kv])  # (D, D), (2 kv, D)
     b_q, b_kv = attention.qkv_proj.bias.split([D, 2 * kv])
     _fill_norm(spec.layer_norm, norm)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from transformer.config import DecodingConfig
 from transformer.errors import UserError
-from transformer.model import AttentionMaps, MultiHeadAttention, Transformer
+from transformer.model import AttentionMaps, AttentionRecorder, MultiHeadAttention, Transformer
 from transformer.model.attention import attention_scores, scaled_dot_product_attention
 from transformer.model.layers import AddNorm, FeedForward, RMSNorm, SwiGLUFeedForward
 from transformer.search import search
@@ -221,15 +221,16 @@ def _walk_attention(
     attn: MultiHeadAttention, x: Tensor, mask: Tensor | None, pieces: list[str], trace: _Trace
 ) -> Tensor:
     """One multi-head self-attention over x (1, S, D), by the written-out formula, recorded."""
-    q, k, v = attn.project(x, x)  # (1, H, S, d_k), (1, H_kv, S, d_k) x 2
-    d_k = f"(B, H, S, d_k), d_k = D / H = {attn.d_k}"
-    if attn.num_kv_heads != attn.num_heads:
-        d_k += f"; K and V {tuple(k.shape)}: {attn.num_kv_heads} heads shared by groups"
+    spec = attn.spec
+    q, k, v = attn.project_self(x)  # (1, H, S, d_k), (1, H_kv, S, d_k) x 2
+    d_k = f"(B, H, S, d_k), d_k = D / H = {spec.d_k}"
+    if spec.kv_heads != spec.num_heads:
+        d_k += f"; K and V {tuple(k.shape)}: {spec.kv_heads} heads shared by groups"
     if attn.rotary is not None:
         d_k += "; Q and K rotated by their positions (RoPE)"
-    trace(f"self-attention: Q, K, V = x W^Q, x W^K, x W^V in {attn.num_heads} heads", q, d_k)
+    trace(f"self-attention: Q, K, V = x W^Q, x W^K, x W^V in {spec.num_heads} heads", q, d_k)
     scores = attention_scores(q, k)  # (1, H, Tq, Tk)
-    trace("scores = Q Kᵀ / √d_k", scores, f"√d_k = {math.sqrt(attn.d_k):.2f}")
+    trace("scores = Q Kᵀ / √d_k", scores, f"√d_k = {math.sqrt(spec.d_k):.2f}")
     heads_out, weights = scaled_dot_product_attention(q, k, v, mask)  # (1, H, Tq, d_k), weights
     looks = _looks_at(weights[0, 0], pieces, pieces)
     trace("weights = softmax(scores)", weights, "head 1 looks most at: " + looks)
@@ -272,13 +273,13 @@ def _walk_decoder(
     cache = model.new_cache()
     step_logits = []
     for t in range(tgt_in.size(1)):
-        self_weights: list[Tensor] = []  # per layer (1, H, 1, t + 1)
-        cross_weights: list[Tensor] = []  # per layer (1, H, 1, S)
+        recorder = AttentionRecorder()  # per layer: (1, H, 1, t + 1) and (1, H, 1, S) weights
         x = model.tgt_embed(tgt_in[:, t : t + 1])  # (1, 1, D)
         note = f"its embedding × √d_model, at position {t}"
         trace(f"step {t + 1}: reads {pieces.decoder_input[t]}", x, note, depth=1)
-        h = model.decoder(x, memory, src_mask, cache, self_weights, cross_weights)  # (1, 1, D)
-        for number, (own, cross) in enumerate(zip(self_weights, cross_weights, strict=True), 1):
+        h = model.decoder(x, memory, src_mask, cache, recorder)  # (1, 1, D)
+        for number, layer in enumerate(model.decoder.layers, 1):
+            own, cross = recorder[layer.self_attn], recorder[layer.cross_attn]
             most = _most_per_head(own[0, :, 0], pieces.decoder_input)
             trace(f"layer {number} masked self-attention", own, "heads look most at: " + most)
             most = _most_per_head(cross[0, :, 0], pieces.source)

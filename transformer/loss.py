@@ -16,8 +16,10 @@ tensors alive: a float32 copy of low-precision logits, and the gradient of each 
 Training takes a faster path to the same numbers, `projected_label_smoothed_loss`: it starts
 from the decoder's output h (N, D) and the output projection W_out (V, D) rather than from
 the logits h W_outᵀ, skips the padding positions, and works through blocks of rows whose
-logits stay in the processor's cache (`TranslationLoss` is the objective built on it). Its
-products with W_out go through `transformer.model.linear.linear` (oneDNN on a CPU).
+logits stay in the processor's cache. Its products with W_out go through the model's fast
+`linear` (`transformer.model.fast`: oneDNN on a CPU). `TranslationLoss`, the objective,
+takes it when built with `fast=True` (`training.fast`, as the model's fast paths), and
+`label_smoothed_loss` of the model's logits otherwise.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from transformer.model.linear import ROW_STEP, linear
+from transformer.model.fast import ROW_STEP, linear
 
 if TYPE_CHECKING:
     from transformer.model import Transformer
@@ -78,20 +80,26 @@ class _LabelSmoothedCrossEntropy(torch.autograd.Function):
 class TranslationLoss(nn.Module):
     """The training objective: source, decoder input and target ids -> the summed loss.
 
-    `model`'s teacher-forced decoder output h goes through `projected_label_smoothed_loss`
-    with its output projection W_out: the same number as `label_smoothed_loss(model(src,
-    tgt_in), tgt_out, ...)`, computed faster. A module, so that DistributedDataParallel and
-    torch.compile wrap the whole of it.
+    The reference (`fast=False`) is `label_smoothed_loss(model(src, tgt_in), tgt_out, ...)`.
+    The fast path gives the same number: the teacher-forced decoder output h goes through
+    `projected_label_smoothed_loss` with the output projection W_out. A module, so that
+    DistributedDataParallel and torch.compile wrap the whole of it.
     """
 
-    def __init__(self, model: Transformer, smoothing: float, pad_id: int) -> None:
+    def __init__(
+        self, model: Transformer, smoothing: float, pad_id: int, fast: bool = True
+    ) -> None:
         super().__init__()
         self.model = model
         self.smoothing = smoothing
         self.pad_id = pad_id
+        self.fast = fast
 
     def forward(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> Tensor:
         """src (B, S), tgt_in (B, T), tgt_out (B, T) -> a float32 scalar, summed over tokens."""
+        if not self.fast:
+            logits = self.model(src, tgt_in)  # (B, T, V)
+            return label_smoothed_loss(logits, tgt_out, self.smoothing, self.pad_id)
         states = self.model.teacher_forced_states(src, tgt_in)  # (B, T, D)
         weight = self.model.output_proj.weight  # W_out (V, D)
         return projected_label_smoothed_loss(states, weight, tgt_out, self.smoothing, self.pad_id)

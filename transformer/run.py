@@ -33,6 +33,7 @@ from transformer.errors import UserError
 from transformer.files import os_reason
 from transformer.lock import RunLock
 from transformer.model import Transformer
+from transformer.model import build_model as build_transformer
 from transformer.tokenizer import (
     PAD_ID,
     TokenizerPair,
@@ -289,14 +290,15 @@ def resolve_model_config(config: Config, tokenizers: TokenizerPair) -> Config:
 
 
 def build_model(config: Config, seed: int, device: torch.device) -> Transformer:
-    """The model of `config.model`, initialised from `seed`, on `device`.
+    """The model of `config.model`, initialised from `seed`, on `device`, with the model's
+    fast paths unless `training.fast` is false.
 
     The one place training seeds torch's generator: what the model's initialisation leaves
     of it drives dropout next. Each process of a distributed run passes seed + rank, so that
     they draw different dropout masks (DistributedDataParallel gives them rank 0's weights).
     """
     torch.manual_seed(seed)
-    model = Transformer(config.model).to(device)
+    model = build_transformer(config.model, fast=config.training.fast).to(device)
     logger.info(
         "model: %.2fM parameters (d_model %d, %d+%d layers, %d heads, d_ff %d)",
         model.num_parameters() / 1e6,

@@ -147,7 +147,9 @@ class Trainer:
             rank=self.context.rank,
             world_size=self.context.world_size,
         )
-        self.network: nn.Module = TranslationLoss(model, self.cfg.label_smoothing, PAD_ID)
+        self.network: nn.Module = TranslationLoss(
+            model, self.cfg.label_smoothing, PAD_ID, fast=self.cfg.fast
+        )
         if self.context.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.network = nn.parallel.DistributedDataParallel(self.network, device_ids=ids)

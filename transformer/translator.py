@@ -26,7 +26,7 @@ from transformer.checkpoint import (
 )
 from transformer.config import Config, ConfigError, DecodingConfig, ModelConfig, load_config
 from transformer.device import decoding_dtype, resolve_device
-from transformer.model import Transformer
+from transformer.model import Transformer, build_model
 from transformer.search import Hypothesis, search
 from transformer.tokenizer import EOS_ID, TokenizerPair, load_tokenizers, with_vocabulary_sizes
 
@@ -78,12 +78,15 @@ class Translator:
         device: str | torch.device = "auto",
         dtype: torch.dtype = torch.float32,
         workers: int = 1,
+        fast: bool = True,
     ) -> Translator:
         """Load a run's config, tokenizers and checkpoint ("best", "last", "averaged" or a path).
 
         `dtype` torch.bfloat16 halves the weights and, on CPUs with bfloat16 instructions,
         speeds decoding up (beam search by about half); the scores change slightly. On a CPU
         without them it would be slower, so float32 is used instead (with a warning).
+        `fast=False` decodes with the paper's model as written, without the fast paths of
+        `transformer.model.fast` (the same translations, slower).
         """
         run_dir = Path(run_dir)
         config = read_run_config(run_dir)
@@ -99,7 +102,7 @@ class Translator:
         device = resolve_device(device) if isinstance(device, str) else device
         path = resolve_checkpoint(run_dir, checkpoint)
         state = load_checkpoint(path)
-        model = Transformer(config.model)
+        model = build_model(config.model, fast)
         try:
             model.load_state_dict(state["model"])
         except (RuntimeError, TypeError, AttributeError) as error:

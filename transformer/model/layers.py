@@ -2,10 +2,14 @@
 
 Shape legend: B batch, N decoder rows (B, or B x beams), S source length, T target length,
 D d_model, V vocabulary.
+
+Each layer is built from one `LayerSpec` (the model's numbers and switches); the projections
+are `nn.Linear`, the dropouts `nn.Dropout` (`transformer.model.fast` may speed them up).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -13,11 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from transformer.model.attention import MultiHeadAttention
+from transformer.model.attention import AttentionRecorder, MultiHeadAttention
 from transformer.model.cache import KVCache
-from transformer.model.dropout import Dropout
-from transformer.model.linear import Linear
-from transformer.model.positions import RotaryPositionalEncoding
+from transformer.model.spec import LayerSpec
 
 LayerCaches = tuple[KVCache, KVCache]  # a decoder layer's (self-attention, cross-attention) caches
 
@@ -43,8 +45,8 @@ class FeedForward(nn.Module):
         super().__init__()
         if activation not in ("relu", "gelu"):
             raise ValueError(f"activation must be relu or gelu, got {activation!r}")
-        self.linear1 = Linear(d_model, d_ff)  # W_1, b_1
-        self.linear2 = Linear(d_ff, d_model)  # W_2, b_2
+        self.linear1 = nn.Linear(d_model, d_ff)  # W_1, b_1
+        self.linear2 = nn.Linear(d_ff, d_model)  # W_2, b_2
         self.activation = F.relu if activation == "relu" else F.gelu
 
     def hidden(self, x: Tensor) -> Tensor:
@@ -67,9 +69,9 @@ class SwiGLUFeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int) -> None:
         super().__init__()
-        self.linear1 = Linear(d_model, d_ff, bias=False)  # W_1
-        self.linear3 = Linear(d_model, d_ff, bias=False)  # W_3, the gate
-        self.linear2 = Linear(d_ff, d_model, bias=False)  # W_2
+        self.linear1 = nn.Linear(d_model, d_ff, bias=False)  # W_1
+        self.linear3 = nn.Linear(d_model, d_ff, bias=False)  # W_3, the gate
+        self.linear2 = nn.Linear(d_ff, d_model, bias=False)  # W_2
 
     def hidden(self, x: Tensor) -> Tensor:
         """SiLU(x W_1) ⊙ x W_3: (B, T, D) -> (B, T, d_ff)."""
@@ -80,11 +82,11 @@ class SwiGLUFeedForward(nn.Module):
         return self.linear2(self.hidden(x))
 
 
-def make_feed_forward(d_model: int, d_ff: int, activation: str) -> nn.Module:
+def make_feed_forward(spec: LayerSpec) -> nn.Module:
     """The paper's feed-forward network (relu, gelu), or the gated SwiGLU one (swiglu)."""
-    if activation == "swiglu":
-        return SwiGLUFeedForward(d_model, d_ff)
-    return FeedForward(d_model, d_ff, activation)
+    if spec.activation == "swiglu":
+        return SwiGLUFeedForward(spec.d_model, spec.d_ff)
+    return FeedForward(spec.d_model, spec.d_ff, spec.activation)
 
 
 class RMSNorm(nn.Module):
@@ -121,15 +123,11 @@ class AddNorm(nn.Module):
     pre-norm:              x + Dropout(Sublayer(LayerNorm(x))).
     """
 
-    def __init__(
-        self, d_model: int, dropout: float, norm_position: str = "post", norm: str = "layernorm"
-    ) -> None:
+    def __init__(self, spec: LayerSpec) -> None:
         super().__init__()
-        if norm_position not in ("post", "pre"):
-            raise ValueError(f"norm_position must be post or pre, got {norm_position!r}")
-        self.pre_norm = norm_position == "pre"
-        self.norm = make_norm(norm, d_model)
-        self.dropout = Dropout(dropout)
+        self.pre_norm = spec.norm_position == "pre"
+        self.norm = make_norm(spec.norm, spec.d_model)
+        self.dropout = nn.Dropout(spec.dropout)
 
     def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
         """(B, T, D) -> (B, T, D)."""
@@ -141,32 +139,20 @@ class AddNorm(nn.Module):
 class EncoderLayer(nn.Module):
     """One encoder layer: self-attention, then the feed-forward network, each with Add & Norm."""
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.0,
-        activation: str = "relu",
-        norm_position: str = "post",
-        norm: str = "layernorm",
-        num_kv_heads: int | None = None,
-        rotary: RotaryPositionalEncoding | None = None,
-    ) -> None:
+    def __init__(self, spec: LayerSpec) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(
-            d_model, num_heads, attention_dropout, num_kv_heads, rotary
-        )
-        self.feed_forward = make_feed_forward(d_model, d_ff, activation)
-        self.attn_sublayer = AddNorm(d_model, dropout, norm_position, norm)
-        self.ff_sublayer = AddNorm(d_model, dropout, norm_position, norm)
+        self.self_attn = MultiHeadAttention(spec)
+        self.feed_forward = make_feed_forward(spec)
+        self.attn_sublayer = AddNorm(spec)
+        self.ff_sublayer = AddNorm(spec)
 
     def forward(
-        self, x: Tensor, src_mask: Tensor | None, weights: list[Tensor] | None = None
+        self, x: Tensor, src_mask: Tensor | None, recorder: AttentionRecorder | None = None
     ) -> Tensor:
-        """(B, S, D) with mask (B, 1, 1, S) -> (B, S, D); attention weights go to `weights`."""
-        x = self.attn_sublayer(x, lambda h: self.self_attn(h, h, src_mask, weights=weights))
+        """(B, S, D) with mask (B, 1, 1, S) -> (B, S, D); `recorder` keeps the attention weights."""
+        x = self.attn_sublayer(
+            x, lambda h: self.self_attn.self_attention(h, src_mask, recorder=recorder)
+        )
         return self.ff_sublayer(x, self.feed_forward)
 
 
@@ -181,32 +167,18 @@ class DecoderLayer(nn.Module):
         head_i = softmax((y W_i^Q)(m W_i^K)ᵀ / √d_k) (m W_i^V)
 
     with y (N, T, D) and m (B, S, D): the weights are (N, H, T, S), each target position's
-    view of the source pieces. Rotary positions (if any) apply to the self-attention only:
+    view of the source. Rotary positions (if any) apply to the self-attention only:
     source and target positions are not comparable.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.0,
-        activation: str = "relu",
-        norm_position: str = "post",
-        norm: str = "layernorm",
-        num_kv_heads: int | None = None,
-        rotary: RotaryPositionalEncoding | None = None,
-    ) -> None:
+    def __init__(self, spec: LayerSpec) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(
-            d_model, num_heads, attention_dropout, num_kv_heads, rotary
-        )
-        self.cross_attn = MultiHeadAttention(d_model, num_heads, attention_dropout, num_kv_heads)
-        self.feed_forward = make_feed_forward(d_model, d_ff, activation)
-        self.self_attn_sublayer = AddNorm(d_model, dropout, norm_position, norm)
-        self.cross_attn_sublayer = AddNorm(d_model, dropout, norm_position, norm)
-        self.ff_sublayer = AddNorm(d_model, dropout, norm_position, norm)
+        self.self_attn = MultiHeadAttention(spec)
+        self.cross_attn = MultiHeadAttention(dataclasses.replace(spec, rope=False))  # unrotated
+        self.feed_forward = make_feed_forward(spec)
+        self.self_attn_sublayer = AddNorm(spec)
+        self.cross_attn_sublayer = AddNorm(spec)
+        self.ff_sublayer = AddNorm(spec)
 
     def forward(
         self,
@@ -215,21 +187,21 @@ class DecoderLayer(nn.Module):
         src_mask: Tensor | None,
         tgt_mask: Tensor | None,
         cache: LayerCaches | None = None,
-        self_weights: list[Tensor] | None = None,
-        cross_weights: list[Tensor] | None = None,
+        recorder: AttentionRecorder | None = None,
     ) -> Tensor:
         """(N, T, D) -> (N, T, D), attending to the encoder output `memory` (B, S, D).
 
         `tgt_mask` (T, T_all) keeps each position from seeing later ones; `src_mask`
         (B, 1, 1, S) hides source padding. `memory`'s rows may each serve N / B consecutive
         rows of `x` (the beams of a sentence). `cache` is this layer's (self, cross) pair of
-        `KVCache`s for incremental decoding.
+        `KVCache`s for incremental decoding; `recorder` keeps the attention weights.
         """
         self_cache, cross_cache = cache if cache is not None else (None, None)
         x = self.self_attn_sublayer(
-            x, lambda h: self.self_attn(h, h, tgt_mask, self_cache, self_weights)
+            x, lambda h: self.self_attn.self_attention(h, tgt_mask, self_cache, recorder)
         )
         x = self.cross_attn_sublayer(
-            x, lambda h: self.cross_attn(h, memory, src_mask, cross_cache, cross_weights)
+            x,
+            lambda h: self.cross_attn.cross_attention(h, memory, src_mask, cross_cache, recorder),
         )
         return self.ff_sublayer(x, self.feed_forward)

@@ -2,27 +2,31 @@
 
 Shape legend: B batch (source sentences), N decoder rows (B, or B x beams), S source length,
 T target length, D d_model, H heads, L layers, V target vocabulary.
+
+`Transformer(config)` is the paper's model, in PyTorch's plain layers; `build_model(config)`
+is the same model with the fast paths of `transformer.model.fast` installed (`fast=False`:
+without them). Both hold the same parameters under the same names.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from transformer.config import ModelConfig
-from transformer.model.attention import MultiHeadAttention, causal_mask, padding_mask
-from transformer.model.cache import DecoderCache
-from transformer.model.dropout import Dropout
-from transformer.model.layers import DecoderLayer, Embeddings, EncoderLayer, make_norm
-from transformer.model.linear import Linear
-from transformer.model.positions import (
-    LearnedPositionalEncoding,
-    RotaryPositionalEncoding,
-    SinusoidalPositionalEncoding,
+from transformer.model.attention import (
+    AttentionRecorder,
+    MultiHeadAttention,
+    causal_mask,
+    padding_mask,
 )
+from transformer.model.cache import DecoderCache
+from transformer.model.fast import install_fast_paths
+from transformer.model.layers import DecoderLayer, Embeddings, EncoderLayer, make_norm
+from transformer.model.positions import LearnedPositionalEncoding, SinusoidalPositionalEncoding
+from transformer.model.spec import LayerSpec
 from transformer.special_ids import SpecialIds
 
 
@@ -50,22 +54,22 @@ class Encoder(nn.Module):
     ) -> None:
         super().__init__()
         self.positional = positional
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(layers)
         self.final_norm = final_norm
 
     def forward(
-        self, x: Tensor, src_mask: Tensor | None, weights: list[Tensor] | None = None
+        self, x: Tensor, src_mask: Tensor | None, recorder: AttentionRecorder | None = None
     ) -> Tensor:
         """Embedded source (B, S, D), mask (B, 1, 1, S) -> memory (B, S, D).
 
-        With a `weights` list, each layer's self-attention weights (B, H, S, S) are appended.
+        A `recorder` keeps each layer's self-attention weights (B, H, S, S).
         """
         if self.positional is not None:
             x = self.positional(x)
         x = self.dropout(x)
         for layer in self.layers:
-            x = layer(x, src_mask, weights)
+            x = layer(x, src_mask, recorder)
         return x if self.final_norm is None else self.final_norm(x)
 
 
@@ -81,7 +85,7 @@ class Decoder(nn.Module):
     ) -> None:
         super().__init__()
         self.positional = positional
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(layers)
         self.final_norm = final_norm
 
@@ -91,15 +95,14 @@ class Decoder(nn.Module):
         memory: Tensor | None,
         src_mask: Tensor | None,
         cache: DecoderCache | None = None,
-        self_weights: list[Tensor] | None = None,
-        cross_weights: list[Tensor] | None = None,
+        recorder: AttentionRecorder | None = None,
     ) -> Tensor:
         """Embedded target (N, T, D), memory (B, S, D) -> (N, T, D).
 
         With a cache, `x` holds only the new positions; they are placed after the cached ones,
-        and the source (keys, values, mask) comes from the cache once it holds it. With
-        weight lists, each layer's self-attention (N, H, T, T_all) and cross-attention
-        (N, H, T, S) weights are appended to them.
+        and the source (keys, values, mask) comes from the cache once it holds it. A
+        `recorder` keeps each layer's self-attention (N, H, T, T_all) and cross-attention
+        (N, H, T, S) weights.
         """
         offset = 0 if cache is None else cache.length
         T = x.size(1)
@@ -115,7 +118,7 @@ class Decoder(nn.Module):
         tgt_mask = None if T == 1 else causal_mask(T, offset + T, x.device)  # (T, offset + T)
         for i, layer in enumerate(self.layers):
             caches = None if cache is None else (cache.self_attn[i], cache.cross_attn[i])
-            x = layer(x, memory, src_mask, tgt_mask, caches, self_weights, cross_weights)
+            x = layer(x, memory, src_mask, tgt_mask, caches, recorder)
         return x if self.final_norm is None else self.final_norm(x)
 
 
@@ -155,20 +158,20 @@ class Transformer(nn.Module):
             if c.share_embeddings
             else Embeddings(c.tgt_vocab_size, c.d_model, c.pad_id)
         )
-        encoder_layer, decoder_layer = layer_shape(c, rotary(c)), layer_shape(c, rotary(c))
+        spec = LayerSpec.from_config(c)
         self.encoder = Encoder(
-            [EncoderLayer(*encoder_layer) for _ in range(c.num_encoder_layers)],
+            [EncoderLayer(spec) for _ in range(c.num_encoder_layers)],
             make_positional_encoding(c.positional_encoding, c.d_model, c.max_positions),
             c.dropout,
             make_norm(c.norm, c.d_model) if c.norm_position == "pre" else None,
         )
         self.decoder = Decoder(
-            [DecoderLayer(*decoder_layer) for _ in range(c.num_decoder_layers)],
+            [DecoderLayer(spec) for _ in range(c.num_decoder_layers)],
             make_positional_encoding(c.positional_encoding, c.d_model, c.max_positions),
             c.dropout,
             make_norm(c.norm, c.d_model) if c.norm_position == "pre" else None,
         )
-        self.output_proj = Linear(c.d_model, c.tgt_vocab_size, bias=False)  # W_out
+        self.output_proj = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)  # W_out
         self.reset_parameters()
         if c.tie_output_embeddings:
             self.output_proj.weight = self.tgt_embed.embedding.weight
@@ -191,7 +194,7 @@ class Transformer(nn.Module):
                         module.weight[module.padding_idx].zero_()
         for module in self.modules():
             if isinstance(module, MultiHeadAttention):
-                sizes = [module.d_model, module.kv_dim, module.kv_dim]
+                sizes = [module.spec.d_model, module.spec.kv_dim, module.spec.kv_dim]
                 for projection in module.qkv_proj.weight.data.split(sizes):  # W^Q, W^K, W^V
                     nn.init.xavier_uniform_(projection)
 
@@ -219,10 +222,10 @@ class Transformer(nn.Module):
 
     def encode(self, src: Tensor, src_mask: Tensor | None = None) -> Tensor:
         """Source ids (B, S) -> memory (B, S, D): the encoder's representation of the source."""
-        _check_ids("source", src, self.config.src_vocab_size)
+        _check_ids("source", src)
         if src_mask is None:
             src_mask = self.source_mask(src)
-        return self.encoder(self.src_embed(src), src_mask)
+        return self.encoder(_embed("source", self.src_embed, src), src_mask)
 
     def decode(
         self,
@@ -252,7 +255,7 @@ class Transformer(nn.Module):
         cache: DecoderCache | None = None,
     ) -> Tensor:
         """What `decode` projects to logits: target ids (N, T) -> h (N, T, D)."""
-        _check_ids("target", tgt, self.config.tgt_vocab_size)
+        _check_ids("target", tgt)
         if cache is None or not cache.holds_source:
             if memory is None:
                 raise ValueError("decode needs the encoder output (memory) at the first step")
@@ -261,7 +264,9 @@ class Transformer(nn.Module):
                     f"batch sizes differ: target has {tgt.size(0)} rows, encoder output "
                     f"{memory.size(0)} (the target rows must be a multiple of the source rows)"
                 )
-        return self.decoder(self.tgt_embed(tgt), memory, src_mask, cache)  # (N, T, D)
+        return self.decoder(
+            _embed("target", self.tgt_embed, tgt), memory, src_mask, cache
+        )  # (N, T, D)
 
     def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
         """Teacher forcing: source (B, S) and shifted target (B, T) ids -> logits (B, T, V)."""
@@ -270,13 +275,15 @@ class Transformer(nn.Module):
     def teacher_forced_states(self, src: Tensor, tgt: Tensor) -> Tensor:
         """`forward` up to the output projection: -> h (B, T, D). The training loss projects h
         itself (`transformer.loss.projected_label_smoothed_loss`)."""
-        _check_ids("source", src, self.config.src_vocab_size)  # before source_mask indexes it
+        _check_ids("source", src)  # before its batch size is read
         if tgt.dim() == 2 and src.size(0) != tgt.size(0):
             raise ValueError(
                 f"batch sizes differ: source has {src.size(0)} sentences, target {tgt.size(0)}"
             )
         src_mask = self.source_mask(src)
-        memory = self.encoder(self.src_embed(src), src_mask)  # encode(), ids checked above
+        memory = self.encoder(
+            _embed("source", self.src_embed, src), src_mask
+        )  # encode(), ids checked above
         return self.decoder_states(tgt, memory, src_mask)
 
     def attention_maps(self, src: Tensor, tgt: Tensor) -> AttentionMaps:
@@ -285,16 +292,17 @@ class Transformer(nn.Module):
         `tgt` is the decoder's input, BOS first: a reference translation (teacher forcing) or
         a search's output (the same weights the search computed step by step).
         """
-        _check_ids("source", src, self.config.src_vocab_size)
-        _check_ids("target", tgt, self.config.tgt_vocab_size)
-        encoder_self: list[Tensor] = []
-        decoder_self: list[Tensor] = []
-        cross: list[Tensor] = []
+        _check_ids("source", src)
+        _check_ids("target", tgt)
+        recorder = AttentionRecorder()
         src_mask = self.source_mask(src)
-        memory = self.encoder(self.src_embed(src), src_mask, encoder_self)
-        self.decoder(self.tgt_embed(tgt), memory, src_mask, None, decoder_self, cross)
+        memory = self.encoder(_embed("source", self.src_embed, src), src_mask, recorder)
+        self.decoder(_embed("target", self.tgt_embed, tgt), memory, src_mask, None, recorder)
+        encoder, decoder = self.encoder.layers, self.decoder.layers
         return AttentionMaps(
-            torch.stack(encoder_self), torch.stack(decoder_self), torch.stack(cross)
+            encoder_self=torch.stack([recorder[layer.self_attn] for layer in encoder]),
+            decoder_self=torch.stack([recorder[layer.self_attn] for layer in decoder]),
+            cross=torch.stack([recorder[layer.cross_attn] for layer in decoder]),
         )
 
     def num_parameters(self) -> int:
@@ -302,30 +310,29 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
-def rotary(config: ModelConfig) -> RotaryPositionalEncoding | None:
-    """The rotary positions a stack's self-attentions share, for positional_encoding: rope."""
-    if config.positional_encoding != "rope":
-        return None
-    return RotaryPositionalEncoding(config.d_model // config.num_heads)
+def build_model(config: ModelConfig, fast: bool = True) -> Transformer:
+    """The model of `config`, with the fast paths of `transformer.model.fast` installed unless
+    `fast` is False (the paper's model as written: the same parameters, the same numbers)."""
+    model = Transformer(config)
+    return install_fast_paths(model) if fast else model
 
 
-def layer_shape(config: ModelConfig, rotary: RotaryPositionalEncoding | None) -> tuple:
-    """The arguments of EncoderLayer and DecoderLayer for `config`; the layers of one stack
-    share its `rotary` (a table of angles, no parameters)."""
-    c = config
-    return (c.d_model, c.num_heads, c.d_ff, c.dropout, c.attention_dropout, c.activation,
-            c.norm_position, c.norm, c.num_kv_heads, rotary)  # fmt: skip
-
-
-def _check_ids(name: str, ids: Tensor, vocab_size: int | None) -> None:
-    """Fail early, and readably, on ids that are not integers or not in the vocabulary."""
+def _check_ids(name: str, ids: Tensor) -> None:
+    """Fail early, and readably, on ids that are not a (batch, length) integer tensor."""
     if ids.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"{name} ids must be an integer tensor (int64), got {ids.dtype}")
     if ids.dim() != 2:
         raise ValueError(f"{name} ids must have shape (batch, length), got {tuple(ids.shape)}")
-    if ids.numel() and not ids.is_cuda:  # on CUDA the check would stall the stream
+
+
+def _embed(name: str, embeddings: Embeddings, ids: Tensor) -> Tensor:
+    """embeddings(ids): (B, T) -> (B, T, D), with a readable error for ids outside the
+    vocabulary. The lookup checks the ids itself (raising on a CPU, asserting on an
+    accelerator's device, where a check here would make the host wait for the device)."""
+    try:
+        return embeddings(ids)
+    except IndexError:
         low, high = int(ids.min()), int(ids.max())
-        if low < 0 or high >= (vocab_size or math.inf):
-            raise ValueError(
-                f"{name} ids must lie in [0, {vocab_size}); got values from {low} to {high}"
-            )
+        raise ValueError(
+            f"{name} ids must lie in [0, {embeddings.vocab_size}); got values from {low} to {high}"
+        ) from None
