@@ -19,7 +19,12 @@ import logging
 import sys
 from pathlib import Path
 
-from transformer.attention_plots import MissingExtraError, write_attention_figures
+from transformer.attention_plots import (
+    LABELLED_UP_TO,
+    MissingExtraError,
+    has_piece_labels,
+    write_attention_figures,
+)
 from transformer.cli.common import run_command, setup_logging
 from transformer.cli.decoding import DTYPES
 from transformer.config import DecodingConfig
@@ -99,6 +104,14 @@ def write_explanation(explanation: Explanation, directory: Path) -> list[Path]:
         sys.stderr.write(f"note: no PNG heatmaps: {error}\n")
     except OSError as error:
         raise UserError(f"cannot write the heatmaps into {directory}: {error.strerror}") from None
+    source, inputs = explanation.source_pieces, explanation.decoder_input_pieces
+    if len(written) > 1 and not has_piece_labels(source, inputs):
+        longest = max(len(source), len(inputs))
+        sys.stderr.write(
+            f"note: {directory}: a heatmap of more than {LABELLED_UP_TO} pieces a side shows "
+            f"positions, not the pieces (here up to {longest}: their names would overlap); "
+            f"{JSON_FILE} has every piece and weight\n"
+        )
     return written
 
 
