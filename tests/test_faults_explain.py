@@ -1,4 +1,5 @@
-"""transformer-explain's faults: heatmaps whose cost grows with the sentence."""
+"""transformer-explain's faults: heatmaps whose cost grows with the sentence, folders shared by
+two texts."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import pytest
 import torch
 from tiny_runs import make_tiny_run
 
-from transformer.cli.explain import JSON_FILE, write_explanation
+from transformer.cli.explain import JSON_FILE, main, write_explanation
 from transformer.cli.translate import main as translate_main
-from transformer.explain import Explanation
+from transformer.explain import Explanation, folder_name
 from transformer.model import AttentionMaps
 from transformer.translator import Translator
 
@@ -106,3 +107,33 @@ def test_translate_with_attention_draws_long_lines_at_a_bounded_size_too(
     assert "note: " in capsys.readouterr().err
     pngs = list((tmp_path / "maps" / "line_0001").glob("*.png"))
     assert pngs and all(max(png_size(png)) <= MAX_SIDE_PIXELS for png in pngs)
+
+
+def test_two_texts_with_the_same_slug_get_two_folders(
+    long_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    texts = ["how are you", "How are you?"]  # one slug: how-are-you
+    for text in texts:
+        assert main(["--run", str(long_run), "--text", text, "--quiet", "--beam-size", "1"]) == 0
+    written = {
+        json.loads(path.read_text(encoding="utf-8"))["source"]: path.parent
+        for path in (long_run / "explain").glob(f"*/{JSON_FILE}")
+    }
+    assert set(texts) <= set(written) and written[texts[0]] != written[texts[1]]
+    assert written[texts[0]].name == folder_name(texts[0])  # the folder the text names
+
+
+def test_a_folder_with_another_texts_explanation_is_refused_and_left_as_it_was(
+    long_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "how"
+    argv = ["--run", str(long_run), "--quiet", "--beam-size", "1", "--output", str(folder)]
+    assert main([*argv, "--text", "how are you"]) == 0
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    capsys.readouterr()
+    assert main([*argv, "--text", "good night"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if " INFO " not in line]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and str(folder) in errors[0]
+    assert "'how are you'" in errors[0]
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+    assert main([*argv, "--text", "how are you"]) == 0  # the same text may be explained again
