@@ -1,5 +1,5 @@
 """transformer-explain's faults: heatmaps whose cost grows with the sentence, folders shared by
-two texts."""
+two texts, and a /docs page that needs the internet."""
 
 from __future__ import annotations
 
@@ -137,3 +137,22 @@ def test_a_folder_with_another_texts_explanation_is_refused_and_left_as_it_was(
     assert "'how are you'" in errors[0]
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
     assert main([*argv, "--text", "how are you"]) == 0  # the same text may be explained again
+
+
+def test_the_docs_page_loads_nothing_from_another_host_and_links_the_schema(
+    long_run: Path,
+) -> None:
+    pytest.importorskip("fastapi", reason="the serve extra: pip install -e '.[serve]'")
+    from fastapi.testclient import TestClient
+
+    from transformer.serve.app import create_app
+
+    with TestClient(create_app(Translator.from_run(long_run, device="cpu"))) as client:
+        page = client.get("/docs")
+        assert page.status_code == 200
+        text = page.text.lower()
+        assert "cdn" not in text and "http://" not in text and "https://" not in text
+        assert 'href="/openapi.json"' in text and "/translate" in text
+        assert client.get("/openapi.json").status_code == 200
+        for path in ("/redoc", "/docs/oauth2-redirect"):  # FastAPI's other CDN pages are gone
+            assert client.get(path).status_code == 404
