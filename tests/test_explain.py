@@ -17,7 +17,7 @@ from tiny_runs import make_tiny_run
 from transformer.attention_plots import MissingExtraError, figure_class
 from transformer.cli.explain import MAX_ATTENTION_LINES, format_trace, main, write_explanation
 from transformer.cli.translate import main as translate_main
-from transformer.explain import Explanation, explain, slug
+from transformer.explain import Explanation, explain, folder_name, slug
 from transformer.translator import Translator
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -153,7 +153,7 @@ def test_the_command_prints_the_trace_and_writes_into_the_run(run_dir: Path) -> 
     assert result.returncode == 0, result.stderr
     assert "embeddings × √d_model" in result.stdout
     assert "chosen: " in result.stdout
-    written = run_dir / "explain" / "how-are-you" / "attention.json"
+    written = run_dir / "explain" / folder_name("how are you") / "attention.json"
     assert json.loads(written.read_text(encoding="utf-8"))["source"] == "how are you"
     assert f"wrote {written}" in result.stderr
 

@@ -20,7 +20,13 @@ if TYPE_CHECKING:
     from transformer.explain import Explanation
 
 PLOT_EXTRA = "pip install 'transformer[plot]'"
+DPI = 110
+LABELLED_UP_TO = 60  # pieces a side: more and their names overlap, so the axes show positions
 _ANNOTATE_UP_TO = 12  # write the weights in the cells of matrices this small
+_CELL_INCHES = 0.28  # a piece's row or column while the panel is small
+# A head's panel is at most this many inches a side, so a figure's pixels do not grow with the
+# sentence (figures that did took 10 GB and minutes for 255 pieces).
+_PANEL_INCHES = 7.5
 
 
 class MissingExtraError(UserError):
@@ -44,10 +50,18 @@ def heatmap(
     title: str,
     annotate: bool = False,
 ) -> Any:
-    """Draw weights (Tq, Tk) in [0, 1] on `ax`: row i is query rows[i], column j key columns[j]."""
+    """Draw weights (Tq, Tk) in [0, 1] on `ax`: row i is query rows[i], column j key columns[j].
+
+    Up to `LABELLED_UP_TO` pieces a side the ticks name the pieces; beyond, the axes keep their
+    few numbered ticks (positions), so the cost of the drawing does not grow with the pieces.
+    """
     image = ax.imshow(weights.float().cpu().numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(len(columns)), labels=list(columns), rotation=90, fontsize=8)
-    ax.set_yticks(range(len(rows)), labels=list(rows), fontsize=8)
+    if has_piece_labels(rows, columns):
+        fontsize = 8 if max(len(rows), len(columns)) <= 30 else 6
+        ax.set_xticks(range(len(columns)), labels=list(columns), rotation=90, fontsize=fontsize)
+        ax.set_yticks(range(len(rows)), labels=list(rows), fontsize=fontsize)
+    else:
+        ax.tick_params(labelsize=8)
     ax.set_title(title, fontsize=9)
     if annotate and max(len(rows), len(columns)) <= _ANNOTATE_UP_TO:
         for i, row in enumerate(weights.float().tolist()):
@@ -55,6 +69,11 @@ def heatmap(
                 color = "white" if value > 0.6 else "black"
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
     return image
+
+
+def has_piece_labels(rows: Sequence[str], columns: Sequence[str]) -> bool:
+    """Whether a heatmap of these pieces names them on its axes (few enough to read)."""
+    return max(len(rows), len(columns)) <= LABELLED_UP_TO
 
 
 def attention_figure(
@@ -68,11 +87,23 @@ def attention_figure(
 
     `axes` names what the rows (queries) and the columns (keys) are.
     """
+    return png_bytes(draw_attention(weights, rows, columns, title, axes))
+
+
+def draw_attention(
+    weights: Tensor,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    title: str,
+    axes: tuple[str, str] = ("query", "key"),
+) -> Any:
+    """The matplotlib Figure of `attention_figure`: its size grows with the heads, and with the
+    pieces only up to a few dozen of them."""
     Figure = figure_class()
     heads = weights.size(0)
     per_row = min(heads, 4)
     head_rows = -(-heads // per_row)
-    cell = 0.28
+    cell = min(_CELL_INCHES, _PANEL_INCHES / max(len(rows), len(columns), 1))
     width = max(6.0, per_row * (len(columns) * cell + 1.2))
     height = (len(rows) * cell + 1.6) * (2 + head_rows)
     figure = Figure(figsize=(width, height), layout="constrained")
@@ -92,13 +123,13 @@ def attention_figure(
     for head in range(heads):
         ax = figure.add_subplot(grid[1 + head // per_row, head % per_row])
         heatmap(ax, weights[head], rows, columns, f"head {head + 1}")
-    return png_bytes(figure)
+    return figure
 
 
 def png_bytes(figure: Any) -> bytes:
     """A matplotlib figure as PNG bytes."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
+    figure.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()
 
 

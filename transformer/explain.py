@@ -13,6 +13,7 @@ d_k = D / H, V target vocabulary, L layers.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Sequence
@@ -322,3 +323,13 @@ def slug(text: str, limit: int = 40) -> str:
     """A file-name-safe short form of `text`: "How are you?" -> "how-are-you"."""
     words = re.sub(r"[^\w]+", "-", text.lower(), flags=re.UNICODE).strip("-")
     return words[:limit].rstrip("-") or "sentence"
+
+
+def folder_name(text: str) -> str:
+    """A folder name of its own for each distinct text: its slug and a short hash of the text.
+
+    "how are you" -> "how-are-you-<8 hex>"; "How are you?" has the same slug but another hash,
+    so one explanation never lands in the folder of another.
+    """
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+    return f"{slug(text)}-{digest}"

@@ -7,7 +7,8 @@ Examples::
 
 Prints the sentence's path through the model, stage by stage, with this sentence's shapes;
 writes `attention.json` (the pieces and every attention weight, nested [layer][head][query]
-[key]) and PNG heatmaps (with the `plot` extra) into --output (default RUN/explain/<text>/).
+[key]) and PNG heatmaps (with the `plot` extra) into --output (default
+RUN/explain/<slug of the text>-<hash of the text>/: one folder per distinct text).
 """
 
 from __future__ import annotations
@@ -19,12 +20,17 @@ import logging
 import sys
 from pathlib import Path
 
-from transformer.attention_plots import MissingExtraError, write_attention_figures
+from transformer.attention_plots import (
+    LABELLED_UP_TO,
+    MissingExtraError,
+    has_piece_labels,
+    write_attention_figures,
+)
 from transformer.cli.common import CommandParser, run_command, setup_logging
 from transformer.cli.decoding import DTYPES
 from transformer.config import DecodingConfig
 from transformer.errors import UserError
-from transformer.explain import Explanation, Stage, explain, slug
+from transformer.explain import Explanation, Stage, explain, folder_name
 from transformer.files import FileError, atomic_write, os_reason
 from transformer.translator import Translator
 
@@ -46,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", required=True, type=Path, help="the run directory")
     parser.add_argument("--text", required=True, help="the sentence to translate and explain")
     parser.add_argument(
-        "--output", type=Path, help=f"where to write (default: RUN/{EXPLAIN_DIR}/<text>/)"
+        "--output", type=Path, help=f"where to write (default: RUN/{EXPLAIN_DIR}/<text>-<hash>/)"
     )
     parser.add_argument(
         "--checkpoint", default="best", help="best, last, averaged, or a path (default: best)"
@@ -99,6 +105,14 @@ def write_explanation(explanation: Explanation, directory: Path) -> list[Path]:
         sys.stderr.write(f"note: no PNG heatmaps: {error}\n")
     except OSError as error:
         raise UserError(f"cannot write the heatmaps into {directory}: {error.strerror}") from None
+    source, inputs = explanation.source_pieces, explanation.decoder_input_pieces
+    if len(written) > 1 and not has_piece_labels(source, inputs):
+        longest = max(len(source), len(inputs))
+        sys.stderr.write(
+            f"note: {directory}: a heatmap of more than {LABELLED_UP_TO} pieces a side shows "
+            f"positions, not the pieces (here up to {longest}: their names would overlap); "
+            f"{JSON_FILE} has every piece and weight\n"
+        )
     return written
 
 
@@ -120,6 +134,23 @@ def explain_lines(
     return explained
 
 
+def _refuse_another_texts_folder(directory: Path, text: str) -> None:
+    """A folder holding the explanation of another text is not replaced (the same text's is)."""
+    previous = directory / JSON_FILE
+    if not previous.exists():
+        return
+    try:
+        source = json.loads(previous.read_text(encoding="utf-8")).get("source")
+    except (OSError, ValueError, AttributeError):
+        source = None  # not a file this command wrote: not ours to replace either
+    if source != text:
+        held = f"the explanation of {source!r}" if isinstance(source, str) else "another file"
+        raise UserError(
+            f"{directory} holds {held} ({previous}), which this text would replace; give "
+            "another --output (without it each text gets a folder of its own), or remove it"
+        )
+
+
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
@@ -129,9 +160,10 @@ def _main(argv: list[str] | None) -> int:
         raise UserError(f"--length-penalty must be >= 0 (got {args.length_penalty})")
     if not args.text.strip():
         raise UserError('--text is empty: give a sentence to explain, e.g. --text "how are you"')
-    output = args.output or args.run / EXPLAIN_DIR / slug(args.text)
+    output = args.output or args.run / EXPLAIN_DIR / folder_name(args.text)
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} is a file; give a directory")
+    _refuse_another_texts_folder(output, args.text)
     translator = Translator.from_run(args.run, args.checkpoint, args.device, DTYPES[args.dtype])
     changes = {"beam_size": args.beam_size, "length_penalty": args.length_penalty, "nbest": 1}
     decoding = dataclasses.replace(

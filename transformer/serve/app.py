@@ -5,7 +5,7 @@
     POST /explain    {"text": ...} -> the JSON of transformer-explain's attention.json
     GET  /health     {"status": "ok", ...}
     GET  /info       model shape, vocabulary, checkpoint, decoding defaults, limits
-    GET  /docs       the OpenAPI documentation FastAPI writes
+    GET  /docs       a plain page of the endpoints, linking their OpenAPI schema /openapi.json
 
 Every refusal is a 4xx with the JSON body {"error": "<field>: <what is wrong>", "field": ...};
 an unexpected failure is a 500 with a one-line JSON error (the traceback goes to the log),
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import html
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -27,6 +28,7 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
@@ -83,6 +85,8 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
         description="Translate with a trained run of the `transformer` package, and see its "
         "attention. Errors are JSON: {error, field}.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's Swagger UI and ReDoc load their scripts from a CDN: blank
+        redoc_url=None,  # offline. /docs is our own page instead (`_docs_page`).
     )
     app.state.batcher = batcher
     _add_error_handlers(app)
@@ -133,8 +137,29 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
             raise RequestError("path", message + "project's repository", status=404)
         return PlainTextResponse(WALKTHROUGH.read_text(encoding="utf-8"))
 
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(_docs_page(app))
+
     app.mount("/static", StaticFiles(packages=[(PACKAGE, "static")]), name="static")
     return app
+
+
+def _docs_page(app: FastAPI) -> str:
+    """A page listing the endpoints and linking /openapi.json: nothing loaded from elsewhere."""
+    items = []
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.include_in_schema:
+            what = html.escape(route.description.split("\n")[0])  # the docstring's first line
+            for method in sorted(route.methods):
+                items.append(f"<li><code>{method} {html.escape(route.path)}</code> {what}</li>")
+    return (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(app.title)} API"
+        f"</title></head><body><h1>{html.escape(app.title)} API</h1>"
+        '<p>The API is described by its OpenAPI schema: <a href="/openapi.json">/openapi.json'
+        "</a> (load it into any OpenAPI viewer). Errors are JSON: {error, field}.</p>"
+        f"<ul>{''.join(items)}</ul></body></html>"
+    )
 
 
 async def _model_work(work: Awaitable[T]) -> T:
