@@ -8,7 +8,9 @@ gigabytes of memory.
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -16,12 +18,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import make_tiny_run
 
 from transformer.config import (
+    MAX_BEAM_SIZE,
+    MAX_LEN_A,
+    MAX_LEN_B,
+    MAX_LENGTH_PENALTY,
     ConfigError,
+    DecodingConfig,
     config_from_dict,
     load_config,
 )
+from transformer.search import gnmt_length_penalty
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -243,3 +252,143 @@ def test_a_malformed_override_shows_at_most_a_few_dozen_characters_of_it(tmp_pat
     with pytest.raises(ConfigError, match="override") as info:
         load_config(write(tmp_path, "model: {}\n"), ["x" * 100_000])
     assert len(str(info.value)) < MESSAGE_LIMIT
+
+
+# --------------------------------------------------------------------------- 8: decoding numbers
+
+OUT_OF_RANGE_PENALTIES = [1000.0, 1e308, math.nan, math.inf, -math.inf, -1.0]
+
+
+@pytest.mark.parametrize("alpha", OUT_OF_RANGE_PENALTIES, ids=str)
+def test_decoding_config_refuses_a_length_penalty_outside_its_documented_bound(
+    alpha: float,
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        DecodingConfig(length_penalty=alpha)
+    assert info.value.key == "length_penalty"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("beam_size", 10**30),
+        ("beam_size", MAX_BEAM_SIZE + 1),
+        ("max_len_a", 1e308),
+        ("max_len_a", MAX_LEN_A * 2),
+        ("max_len_b", 10**400),
+        ("max_len_b", MAX_LEN_B + 1),
+    ],
+    ids=str,
+)
+def test_decoding_config_refuses_sizes_that_would_overflow_a_length_or_an_index(
+    key: str, value: float
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        DecodingConfig(**{key: value})
+    assert info.value.key == key
+    assert len(str(info.value)) < MESSAGE_LIMIT
+
+
+def test_a_config_file_with_length_penalty_1e308_is_refused_naming_file_and_key(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "decoding:\n  length_penalty: 1e308\n")
+    with pytest.raises(ConfigError, match=r"decoding\.length_penalty: must be a finite") as info:
+        load_config(path)
+    assert info.value.source == str(path)
+
+
+def test_the_length_penalty_bound_keeps_every_penalty_finite_for_the_longest_outputs() -> None:
+    # the longest output: MAX_LEN_A times a source of a million tokens, plus MAX_LEN_B
+    longest = int(MAX_LEN_A * 10**6 + MAX_LEN_B)
+    for n in (1, 1000, longest, 10**30):
+        assert math.isfinite(gnmt_length_penalty(n, MAX_LENGTH_PENALTY))
+    # CTranslate2 ranks by n ** (alpha / 2) in float32, for outputs of up to millions of tokens
+    lengths = torch.tensor([1.0, 1000.0, MAX_LEN_A * 10**5 + MAX_LEN_B], dtype=torch.float32)
+    assert torch.isfinite(lengths ** (MAX_LENGTH_PENALTY / 2)).all()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_run(tmp_path_factory.mktemp("inputs") / "run")
+
+
+@pytest.mark.parametrize("engine", ["pytorch", "ctranslate2"])
+@pytest.mark.parametrize("alpha", ["1000", "1e308", "nan", "inf"])
+def test_transformer_translate_refuses_a_length_penalty_out_of_bounds_naming_the_flag(
+    cli: Callable[..., tuple[int, str]], tiny_run: Path, engine: str, alpha: str
+) -> None:
+    from transformer.cli.translate import main
+
+    if engine == "ctranslate2":
+        pytest.importorskip("ctranslate2")
+    code, stderr = cli(
+        main, "--run", tiny_run, "--text", "how are you", "--device", "cpu",
+        "--engine", engine, "--length-penalty", alpha,
+    )  # fmt: skip
+    error_line(code, stderr, "--length-penalty", "0 to 10")
+
+
+@pytest.mark.parametrize("engine", ["pytorch", "ctranslate2"])
+def test_both_engines_translate_at_the_largest_length_penalty_and_refuse_a_run_config_past_it(
+    cli: Callable[..., tuple[int, str]], tiny_run: Path, tmp_path: Path, engine: str
+) -> None:
+    from transformer.cli.translate import main
+
+    if engine == "ctranslate2":
+        pytest.importorskip("ctranslate2")
+    argv = ["--text", "how are you", "--device", "cpu", "--engine", engine]
+    code, stderr = cli(main, "--run", tiny_run, *argv, "--length-penalty", MAX_LENGTH_PENALTY)
+    assert code == 0, stderr[-2000:]
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    config_text = (tiny_run / "config.yaml").read_text(encoding="utf-8")
+    (run / "config.yaml").write_text(
+        config_text.replace("length_penalty: 0.6", "length_penalty: 1.0e+308"), encoding="utf-8"
+    )
+    assert "1.0e+308" in (run / "config.yaml").read_text(encoding="utf-8")
+    code, stderr = cli(main, "--run", run, *argv)
+    error_line(code, stderr, "decoding.length_penalty")
+
+
+@pytest.fixture(scope="module")
+def client(tiny_run: Path) -> Iterator[object]:
+    pytest.importorskip("fastapi", reason="the serve extra: pip install -e '.[serve]'")
+    from fastapi.testclient import TestClient
+
+    from transformer.serve.app import create_app
+    from transformer.translator import Translator
+
+    translator = Translator.from_run(tiny_run, device="cpu")
+    with TestClient(create_app(translator), raise_server_exceptions=False) as client:
+        yield client
+
+
+def post(client: object, path: str, body: str) -> object:
+    """POST a raw JSON body (escapes such as \\ud800 and NaN travel as written)."""
+    headers = {"content-type": "application/json"}
+    return client.post(path, content=body.encode("ascii"), headers=headers)  # type: ignore[attr-defined]
+
+
+def assert_refused(client: object, response: object, field: str) -> None:
+    """A 4xx JSON error naming `field`, and the server still translates afterwards."""
+    assert 400 <= response.status_code < 500, response.text  # type: ignore[attr-defined]
+    error = response.json()  # type: ignore[attr-defined]
+    assert error["field"] == field and error["error"].startswith(f"{field}: "), error
+    after = post(client, "/translate", '{"text": "good night"}')
+    assert after.status_code == 200, after.text  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("path", ["/translate", "/explain"])
+@pytest.mark.parametrize("alpha", ["1000", "1e308", "NaN", "Infinity", "-Infinity", "-1"])
+def test_the_server_refuses_a_length_penalty_out_of_bounds_naming_the_field(
+    client: object, path: str, alpha: str
+) -> None:
+    response = post(client, path, f'{{"text": "how are you", "length_penalty": {alpha}}}')
+    assert_refused(client, response, "length_penalty")
+    assert "0 to 10" in response.json()["error"]  # type: ignore[attr-defined]
+
+
+def test_the_server_decodes_at_the_largest_length_penalty(client: object) -> None:
+    body = f'{{"text": "how are you", "beam_size": 3, "length_penalty": {MAX_LENGTH_PENALTY}}}'
+    for path in ("/translate", "/explain"):
+        assert post(client, path, body).status_code == 200  # type: ignore[attr-defined]

@@ -38,6 +38,15 @@ _SCIENTIFIC = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+")
 # of the parsed value would then expand).
 MAX_YAML_VALUES = 10_000
 
+# Decoding ceilings. The GNMT penalty ((5 + n) / 6) ** alpha stays finite in float64 for every
+# length n below 10**31 when alpha <= 10 (CTranslate2's n ** (alpha / 2), in float32, below
+# 5 * 10**7), and the longest output, max_len_a * source length + max_len_b, stays a small
+# integer; 10 is far beyond any useful alpha (0.6 to 2 in practice).
+MAX_LENGTH_PENALTY = 10.0
+MAX_LEN_A = 100.0
+MAX_LEN_B = 100_000
+MAX_BEAM_SIZE = 1000
+
 _SHORT = reprlib.Repr()
 _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 2, 4, 4, 4
 _SHORT.maxstring, _SHORT.maxlong, _SHORT.maxother = 40, 40, 40
@@ -87,6 +96,22 @@ def _finite(section: object) -> None:
         values = value if isinstance(value, list) else [value]
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
             raise ConfigError(item.name, f"must be a finite number (got {shown(value)})")
+
+
+def _between(key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:  # False for NaN too
+        raise ConfigError(key, f"must be between {low:g} and {high:g} (got {shown(value)})")
+
+
+def check_length_penalty(value: float) -> float:
+    """The one check of a GNMT length penalty alpha (config, --length-penalty, the server)."""
+    if not 0 <= value <= MAX_LENGTH_PENALTY:  # False for NaN too
+        raise ConfigError(
+            "length_penalty",
+            f"must be a finite number from 0 to {MAX_LENGTH_PENALTY:g} (got {shown(value)}); "
+            "0 is no penalty, 0.6 to 2 the useful range",
+        )
+    return value
 
 
 def _probability(key: str, value: float) -> None:
@@ -314,7 +339,11 @@ class TrainingConfig:
 
 @dataclass
 class DecodingConfig:
-    """Greedy (beam_size 1) or beam search; output length max_len_a * source_length + max_len_b."""
+    """Greedy (beam_size 1) or beam search; output length max_len_a * source_length + max_len_b.
+
+    Bounded so that no length or score can overflow: beam_size <= MAX_BEAM_SIZE,
+    0 <= length_penalty <= MAX_LENGTH_PENALTY, max_len_a <= MAX_LEN_A, max_len_b <= MAX_LEN_B.
+    """
 
     beam_size: int = 5
     nbest: int = 1
@@ -326,15 +355,15 @@ class DecodingConfig:
 
     def __post_init__(self) -> None:
         _finite(self)
-        _positive("beam_size", self.beam_size)
+        _between("beam_size", self.beam_size, 1, MAX_BEAM_SIZE)
         _positive("nbest", self.nbest)
         if self.nbest > self.beam_size:
             raise ConfigError(
                 "nbest", f"must be <= beam_size ({shown(self.nbest)} > {shown(self.beam_size)})"
             )
-        _positive("length_penalty", self.length_penalty, allow_zero=True)
-        _positive("max_len_a", self.max_len_a, allow_zero=True)
-        _positive("max_len_b", self.max_len_b, allow_zero=True)
+        check_length_penalty(self.length_penalty)
+        _between("max_len_a", self.max_len_a, 0, MAX_LEN_A)
+        _between("max_len_b", self.max_len_b, 0, MAX_LEN_B)
         _positive("min_length", self.min_length, allow_zero=True)
         _positive("batch_tokens", self.batch_tokens)
         if self.max_len_a == 0 and self.max_len_b == 0:
