@@ -392,3 +392,30 @@ def test_the_server_decodes_at_the_largest_length_penalty(client: object) -> Non
     body = f'{{"text": "how are you", "beam_size": 3, "length_penalty": {MAX_LENGTH_PENALTY}}}'
     for path in ("/translate", "/explain"):
         assert post(client, path, body).status_code == 200  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- 9: lone surrogates
+
+SURROGATE_BODIES = [
+    ("/translate", r'{"text": "\ud800"}', "text"),
+    ("/translate", r'{"text": "\udfff"}', "text"),
+    ("/translate", r'{"text": "how \udfff are you"}', "text"),
+    ("/translate", r'{"texts": ["how are you", "\ud800"]}', "texts[1]"),
+    ("/translate", r'{"texts": ["\udfff"], "beam_size": 2}', "texts[0]"),
+    ("/explain", r'{"text": "\ud800"}', "text"),
+    ("/explain", r'{"text": "good \udfff night"}', "text"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "field"), SURROGATE_BODIES, ids=str)
+def test_a_lone_surrogate_in_any_text_field_is_a_4xx_naming_the_field(
+    client: object, path: str, body: str, field: str
+) -> None:
+    response = post(client, path, body)
+    assert_refused(client, response, field)
+    assert "surrogate" in response.json()["error"]  # type: ignore[attr-defined]
+
+
+def test_a_surrogate_pair_escape_is_one_character_and_is_translated(client: object) -> None:
+    response = post(client, "/translate", r'{"text": "\ud83d\ude00 good night"}')
+    assert response.status_code == 200, response.text  # type: ignore[attr-defined]

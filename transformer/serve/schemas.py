@@ -1,7 +1,8 @@
 """The JSON bodies of the API, and the checks that turn a request into work for the model.
 
-Pydantic checks the types (strictly: "5" is not a beam size), refuses unknown fields and a
-length penalty the config would refuse; `translate_work` and
+Pydantic checks the types (strictly: "5" is not a beam size), refuses unknown fields, text
+that is not Unicode (a lone surrogate such as "\\ud800", which JSON can escape but UTF-8
+cannot encode) and a length penalty the config would refuse; `translate_work` and
 `explain_work` check the values against the model and the server's limits and raise a
 `RequestError` that names the field.
 """
@@ -29,6 +30,20 @@ class RequestError(Exception):
         self.status = status
 
 
+def _unicode(text: str) -> str:
+    """`text` if it is Unicode text; a lone surrogate (JSON's "\\ud800") is refused."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        code = ord(text[error.start])
+        raise ValueError(
+            f"holds a lone surrogate (U+{code:04X}) at character {error.start}, which is not "
+            "Unicode text; send the text as UTF-8"
+        ) from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
 LengthPenalty = Annotated[float, AfterValidator(check_length_penalty)]
 
 
@@ -52,15 +67,15 @@ class DecodingFields(_Body):
 class TranslateRequest(DecodingFields):
     """`text` (one sentence) or `texts` (several), and optional decoding settings."""
 
-    text: str | None = Field(None, examples=["how are you"])
-    texts: list[str] | None = Field(None, examples=[["how are you", "good night"]])
+    text: Text | None = Field(None, examples=["how are you"])
+    texts: list[Text] | None = Field(None, examples=[["how are you", "good night"]])
     nbest: int | None = Field(None, description="hypotheses per text, at most beam_size")
 
 
 class ExplainRequest(DecodingFields):
     """One sentence to translate and explain."""
 
-    text: str = Field(examples=["how are you"])
+    text: Text = Field(examples=["how are you"])
 
 
 class Hypothesis(BaseModel):
