@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,6 +33,34 @@ from transformer.files import atomic_write
 # YAML 1.1 (PyYAML) reads a float without a dot, such as 5e-4, as a string.
 _SCIENTIFIC = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+")
 
+# A config holds a few hundred values; YAML anchors and aliases may repeat some of them, but
+# may not multiply a 600-byte file into billions (an "alias bomb", which any deep walk or repr
+# of the parsed value would then expand).
+MAX_YAML_VALUES = 10_000
+
+# Decoding ceilings. The GNMT penalty ((5 + n) / 6) ** alpha stays finite in float64 for every
+# length n below 10**31 when alpha <= 10 (CTranslate2's n ** (alpha / 2), in float32, below
+# 5 * 10**7), and the longest output, max_len_a * source length + max_len_b, stays a small
+# integer; 10 is far beyond any useful alpha (0.6 to 2 in practice).
+MAX_LENGTH_PENALTY = 10.0
+MAX_LEN_A = 100.0
+MAX_LEN_B = 100_000
+MAX_BEAM_SIZE = 1000
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 2, 4, 4, 4
+_SHORT.maxstring, _SHORT.maxlong, _SHORT.maxother = 40, 40, 40
+SHOWN_CHARACTERS = 60
+
+
+def shown(value: Any) -> str:
+    """`repr(value)` in at most about 60 characters, without ever building the whole of it."""
+    try:
+        text = _SHORT.repr(value)
+    except ValueError:  # an int too long for str() (Python's 4300-digit limit), maybe inside
+        return "<a number too long to show>"
+    return text if len(text) <= SHOWN_CHARACTERS else text[: SHOWN_CHARACTERS - 3] + "..."
+
 
 class ConfigError(UserError, ValueError):
     """An invalid configuration value; `key` is the dotted name of the offending setting."""
@@ -44,20 +73,20 @@ class ConfigError(UserError, ValueError):
         super().__init__(f"{where}{key}: {message}" if key else f"{where}{message}")
 
     def located(self, prefix: str = "", source: str | None = None) -> ConfigError:
-        """The same error with its key prefixed by a section name and a source file."""
+        """The same error with its key prefixed by a section name, and a source if it has none."""
         key = f"{prefix}.{self.key}" if prefix and self.key else (prefix or self.key)
-        return ConfigError(key, self.message, source or self.source)
+        return ConfigError(key, self.message, self.source or source)  # --set keeps its own
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(key, f"must be one of {', '.join(allowed)} (got {value!r})")
+        raise ConfigError(key, f"must be one of {', '.join(allowed)} (got {shown(value)})")
 
 
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(key, f"must be {bound} (got {value})")
+        raise ConfigError(key, f"must be {bound} (got {shown(value)})")
 
 
 def _finite(section: object) -> None:
@@ -66,12 +95,28 @@ def _finite(section: object) -> None:
         value = getattr(section, item.name)
         values = value if isinstance(value, list) else [value]
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-            raise ConfigError(item.name, f"must be a finite number (got {value})")
+            raise ConfigError(item.name, f"must be a finite number (got {shown(value)})")
+
+
+def _between(key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:  # False for NaN too
+        raise ConfigError(key, f"must be between {low:g} and {high:g} (got {shown(value)})")
+
+
+def check_length_penalty(value: float) -> float:
+    """The one check of a GNMT length penalty alpha (config, --length-penalty, the server)."""
+    if not 0 <= value <= MAX_LENGTH_PENALTY:  # False for NaN too
+        raise ConfigError(
+            "length_penalty",
+            f"must be a finite number from 0 to {MAX_LENGTH_PENALTY:g} (got {shown(value)}); "
+            "0 is no penalty, 0.6 to 2 the useful range",
+        )
+    return value
 
 
 def _probability(key: str, value: float) -> None:
     if not 0.0 <= value < 1.0:
-        raise ConfigError(key, f"must be in [0, 1) (got {value})")
+        raise ConfigError(key, f"must be in [0, 1) (got {shown(value)})")
 
 
 @dataclass
@@ -109,7 +154,8 @@ class ModelConfig:
         if self.d_model % self.num_heads != 0:
             raise ConfigError(
                 "d_model",
-                f"must be divisible by num_heads ({self.d_model} % {self.num_heads} != 0)",
+                f"must be divisible by num_heads ({shown(self.d_model)} % {shown(self.num_heads)} "
+                "!= 0)",
             )
         _probability("dropout", self.dropout)
         _probability("attention_dropout", self.attention_dropout)
@@ -122,17 +168,18 @@ class ModelConfig:
             if self.num_heads % self.num_kv_heads:
                 raise ConfigError(
                     "num_kv_heads",
-                    f"must divide num_heads ({self.num_heads} % {self.num_kv_heads} != 0); "
+                    f"must divide num_heads ({shown(self.num_heads)} % {shown(self.num_kv_heads)} "
+                    "!= 0); "
                     "each group of num_heads / num_kv_heads query heads shares one K/V head",
                 )
         if self.positional_encoding == "rope" and self.d_k % 2:
             raise ConfigError(
                 "positional_encoding",
                 "rope rotates pairs of features: d_model / num_heads must be even "
-                f"(d_k = {self.d_k})",
+                f"(d_k = {shown(self.d_k)})",
             )
         if self.pad_id < 0:
-            raise ConfigError("pad_id", f"must be >= 0 (got {self.pad_id})")
+            raise ConfigError("pad_id", f"must be >= 0 (got {shown(self.pad_id)})")
         if (
             self.share_embeddings
             and self.src_vocab_size is not None
@@ -142,7 +189,7 @@ class ModelConfig:
             raise ConfigError(
                 "share_embeddings",
                 "needs one shared vocabulary (src_vocab_size == tgt_vocab_size); "
-                f"got {self.src_vocab_size} and {self.tgt_vocab_size}",
+                f"got {shown(self.src_vocab_size)} and {shown(self.tgt_vocab_size)}",
             )
 
     @property
@@ -168,10 +215,10 @@ class TokenizerConfig:
         _finite(self)
         _choice("kind", self.kind, ("unigram", "bpe"))
         if self.vocab_size < 8:
-            raise ConfigError("vocab_size", f"must be >= 8 (got {self.vocab_size})")
+            raise ConfigError("vocab_size", f"must be >= 8 (got {shown(self.vocab_size)})")
         if not 0.0 < self.character_coverage <= 1.0:
             raise ConfigError(
-                "character_coverage", f"must be in (0, 1] (got {self.character_coverage})"
+                "character_coverage", f"must be in (0, 1] (got {shown(self.character_coverage)})"
             )
         _positive("max_training_sentences", self.max_training_sentences)
         if self.model_file and (self.src_model_file or self.tgt_model_file):
@@ -221,7 +268,9 @@ class DataConfig:
         _finite(self)
         _positive("max_length", self.max_length)
         if self.max_length_ratio < 1.0:
-            raise ConfigError("max_length_ratio", f"must be >= 1 (got {self.max_length_ratio})")
+            raise ConfigError(
+                "max_length_ratio", f"must be >= 1 (got {shown(self.max_length_ratio)})"
+            )
 
 
 @dataclass
@@ -282,7 +331,8 @@ class TrainingConfig:
         _probability("label_smoothing", self.label_smoothing)
         if len(self.optimizer_betas) != 2 or not all(0 <= b < 1 for b in self.optimizer_betas):
             raise ConfigError(
-                "optimizer_betas", f"must be two numbers in [0, 1) (got {self.optimizer_betas})"
+                "optimizer_betas",
+                f"must be two numbers in [0, 1) (got {shown(self.optimizer_betas)})",
             )
         if self.schedule == "noam" and self.warmup_steps == 0:
             raise ConfigError("warmup_steps", "the noam schedule needs warmup_steps > 0")
@@ -290,7 +340,11 @@ class TrainingConfig:
 
 @dataclass
 class DecodingConfig:
-    """Greedy (beam_size 1) or beam search; output length max_len_a * source_length + max_len_b."""
+    """Greedy (beam_size 1) or beam search; output length max_len_a * source_length + max_len_b.
+
+    Bounded so that no length or score can overflow: beam_size <= MAX_BEAM_SIZE,
+    0 <= length_penalty <= MAX_LENGTH_PENALTY, max_len_a <= MAX_LEN_A, max_len_b <= MAX_LEN_B.
+    """
 
     beam_size: int = 5
     nbest: int = 1
@@ -302,13 +356,15 @@ class DecodingConfig:
 
     def __post_init__(self) -> None:
         _finite(self)
-        _positive("beam_size", self.beam_size)
+        _between("beam_size", self.beam_size, 1, MAX_BEAM_SIZE)
         _positive("nbest", self.nbest)
         if self.nbest > self.beam_size:
-            raise ConfigError("nbest", f"must be <= beam_size ({self.nbest} > {self.beam_size})")
-        _positive("length_penalty", self.length_penalty, allow_zero=True)
-        _positive("max_len_a", self.max_len_a, allow_zero=True)
-        _positive("max_len_b", self.max_len_b, allow_zero=True)
+            raise ConfigError(
+                "nbest", f"must be <= beam_size ({shown(self.nbest)} > {shown(self.beam_size)})"
+            )
+        check_length_penalty(self.length_penalty)
+        _between("max_len_a", self.max_len_a, 0, MAX_LEN_A)
+        _between("max_len_b", self.max_len_b, 0, MAX_LEN_B)
         _positive("min_length", self.min_length, allow_zero=True)
         _positive("batch_tokens", self.batch_tokens)
         if self.max_len_a == 0 and self.max_len_b == 0:
@@ -360,15 +416,15 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return _convert(value, arg, key)
             except ConfigError:
                 continue
-        raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(key, f"expected {_type_name(tp)}, got {shown(value)}")
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(key, f"expected {_type_name(tp)}, got {shown(value)}")
         (item_type,) = typing.get_args(tp)
         return [_convert(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(key, f"expected a mapping of settings, got {value!r}")
+            raise ConfigError(key, f"expected a mapping of settings, got {shown(value)}")
         return _build(tp, value, key)
     if tp is bool:
         if isinstance(value, bool):
@@ -386,7 +442,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return value
     else:  # pragma: no cover - every annotation above is covered
         raise TypeError(f"unsupported config type {tp}")
-    raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
+    raise ConfigError(key, f"expected {_type_name(tp)}, got {shown(value)}")
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
@@ -395,9 +451,10 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
+        name = key if isinstance(key, str) and len(key) <= 40 else shown(key)
+        dotted = f"{prefix}.{name}" if prefix else name
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
+            close = difflib.get_close_matches(name, names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
             raise ConfigError(dotted, f"unknown key{hint}")
         kwargs[key] = _convert(value, hints[key], dotted)
@@ -433,18 +490,89 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -
     return changes
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing documents whose aliases expand past MAX_YAML_VALUES."""
+
+    def compose_document(self) -> yaml.Node:
+        """The document's node graph, checked before anything is built from it."""
+        node = super().compose_document()
+        _expanded_size(node, "", {}, set())
+        return node
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """A value PyYAML cannot build (a 5000-digit integer, month 13) as a ConfigError."""
+        try:
+            return super().construct_object(node, deep)
+        except ConfigError:
+            raise
+        except ValueError as error:
+            line = node.start_mark.line + 1
+            value = shown(node.value) if isinstance(node, yaml.ScalarNode) else "a value"
+            reason = str(error).split(";")[0][:80]
+            message = f"line {line}: cannot read {value} ({reason})"
+            raise ConfigError("", message) from None
+
+
+def _expanded_size(node: yaml.Node, key: str, sizes: dict[int, int], open_: set[int]) -> int:
+    """How many values `node` holds with every alias written out; ConfigError past the bound.
+
+    Each node is counted once (`sizes`), so the walk is as long as the file, not its expansion.
+    The error names the innermost key whose value is too large.
+    """
+    if id(node) in sizes:
+        return sizes[id(node)]
+    line = node.start_mark.line + 1
+    if id(node) in open_:
+        raise ConfigError(key, f"a YAML alias (line {line}) holds itself; write the value out")
+    if isinstance(node, yaml.SequenceNode):
+        children = [(key, item) for item in node.value]
+    elif isinstance(node, yaml.MappingNode):
+        children = []
+        for name, value in node.value:
+            label = name.value if isinstance(name, yaml.ScalarNode) else "?"
+            label = label if len(label) <= 40 else shown(label)
+            children += [(key, name), (f"{key}.{label}" if key else label, value)]
+    else:
+        children = []
+    open_.add(id(node))
+    total = 1
+    for child_key, child in children:
+        total += _expanded_size(child, child_key, sizes, open_)
+        if total > MAX_YAML_VALUES:
+            raise ConfigError(
+                key,
+                f"its YAML anchors and aliases (from line {line}) expand to more than "
+                f"{MAX_YAML_VALUES:,} values; a config needs no such repetition: write the "
+                "values out",
+            )
+    open_.discard(id(node))
+    sizes[id(node)] = total
+    return total
+
+
+def _load_yaml(text: str) -> Any:
+    """Parse YAML text as a config does: safe types only, aliases bounded."""
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise ConfigError("", "YAML nested too deeply; a config is a few levels deep") from None
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Split one `key=value` override; the value is parsed as YAML (so 5e-4 is a float)."""
     if "=" not in text:
-        raise ConfigError("", f"override {text!r} must look like section.key=value")
+        raise ConfigError("", f"override {shown(text)} must look like section.key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError("", f"override {text!r} has no key before '='")
+        raise ConfigError("", f"override {shown(text)} has no key before '='")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    except ConfigError as error:
+        where = f"{key}.{error.key}" if error.key else key
+        raise ConfigError(where, error.message, "--set") from None
     return key, value
 
 
@@ -460,7 +588,9 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(key, f"cannot set a key inside the non-mapping {part!r}", "--set")
+                raise ConfigError(
+                    key, f"cannot set a key inside the non-mapping {shown(part)}", "--set"
+                )
             node = child
         node[parts[-1]] = value
     return result
@@ -477,7 +607,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     if not path.is_file():
         raise ConfigError("", "config file not found; check the path", source)
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        values = _load_yaml(path.read_text(encoding="utf-8"))
+    except ConfigError as error:
+        raise error.located(source=source) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from transformer.config import DecodingConfig
+from transformer.config import DecodingConfig, check_length_penalty
 from transformer.errors import UserError
 from transformer.special_ids import SpecialIds
 
@@ -360,8 +360,7 @@ def beam_search(
     """
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"need 1 <= nbest <= beam_size, got {beam_size=} and {nbest=}")
-    if length_penalty < 0:
-        raise ValueError(f"length_penalty must be >= 0 (got {length_penalty})")
+    check_length_penalty(length_penalty)  # a ValueError (ConfigError) past what lp(n) can take
     ids = model.special_ids
     alpha, K, device = length_penalty, beam_size, src.device
     B = src.size(0)

@@ -12,7 +12,12 @@ import dataclasses
 import torch
 
 from transformer.cli.engine import add_engine_flags, ctranslate2_translator, uses_ctranslate2
-from transformer.config import ConfigError, DecodingConfig
+from transformer.config import (
+    MAX_LENGTH_PENALTY,
+    ConfigError,
+    DecodingConfig,
+    check_length_penalty,
+)
 from transformer.ctranslate2_translator import CTranslate2Translator
 from transformer.device import resolve_device
 from transformer.errors import UserError
@@ -33,12 +38,16 @@ def positive_flags(args: argparse.Namespace) -> None:
     checks = [
         ("--beam-size", args.beam_size, 1),
         ("--max-tokens", args.max_tokens, 1),
-        ("--length-penalty", args.length_penalty, 0),
         ("--workers", args.workers, 1),
     ]
     for flag, value, low in checks:
         if value is not None and value < low:
             raise UserError(f"{flag} must be >= {low} (got {value})")
+    if args.length_penalty is not None:
+        try:
+            check_length_penalty(args.length_penalty)  # the config's own check
+        except ConfigError as error:
+            raise UserError(f"--length-penalty: {error.message}") from None
 
 
 def decoding_from_args(
@@ -73,7 +82,8 @@ def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
         "--length-penalty",
         type=float,
         metavar="A",
-        help="GNMT length penalty exponent alpha (default: from config)",
+        help=f"GNMT length penalty exponent alpha, 0 to {MAX_LENGTH_PENALTY:g} "
+        "(default: from config)",
     )
     parser.add_argument(
         "--max-tokens",

@@ -32,7 +32,7 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from transformer.config import DecodingConfig
+from transformer.config import ConfigError, DecodingConfig
 from transformer.errors import UserError
 from transformer.explain import explain
 from transformer.serve.batcher import Batcher
@@ -278,6 +278,10 @@ def _describe(problem: dict[str, Any], path: str) -> tuple[str, str]:
         return field, f"unknown field; {hint}the fields are {', '.join(known)}"
     if kind == "missing":
         return field, "missing"
+    if kind == "value_error":  # a schema's own check: its message, without pydantic's prefix
+        error = problem.get("ctx", {}).get("error")
+        if error is not None:
+            return field, error.message if isinstance(error, ConfigError) else str(error)
     return field, _TYPE_MESSAGES.get(kind, problem.get("msg", "invalid"))
 
 

@@ -1,19 +1,21 @@
 """The JSON bodies of the API, and the checks that turn a request into work for the model.
 
-Pydantic checks the types (strictly: "5" is not a beam size) and refuses unknown fields;
-`translate_work` and `explain_work` check the values against the model and the server's
-limits and raise a `RequestError` that names the field.
+Pydantic checks the types (strictly: "5" is not a beam size), refuses unknown fields, text
+that is not Unicode (a lone surrogate such as "\\ud800", which JSON can escape but UTF-8
+cannot encode) and a length penalty the config would refuse; `translate_work` and
+`explain_work` check the values against the model and the server's limits and raise a
+`RequestError` that names the field.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from transformer.config import ConfigError, DecodingConfig
+from transformer.config import MAX_LENGTH_PENALTY, ConfigError, DecodingConfig, check_length_penalty
 from transformer.serve.settings import ServeSettings
 from transformer.translator import Translation, Translator
 
@@ -28,6 +30,23 @@ class RequestError(Exception):
         self.status = status
 
 
+def _unicode(text: str) -> str:
+    """`text` if it is Unicode text; a lone surrogate (JSON's "\\ud800") is refused."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        code = ord(text[error.start])
+        raise ValueError(
+            f"holds a lone surrogate (U+{code:04X}) at character {error.start}, which is not "
+            "Unicode text; send the text as UTF-8"
+        ) from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+LengthPenalty = Annotated[float, AfterValidator(check_length_penalty)]
+
+
 class _Body(BaseModel):
     """A request body: exact JSON types, no unknown fields."""
 
@@ -38,23 +57,25 @@ class DecodingFields(_Body):
     """The decoding settings a request may change (unset: the run's `decoding:` section)."""
 
     beam_size: int | None = Field(None, description="beam width; 1 = greedy search")
-    length_penalty: float | None = Field(
-        None, description="GNMT alpha: score / ((5 + length) / 6) ** alpha; 0 = none"
+    length_penalty: LengthPenalty | None = Field(
+        None,
+        description="GNMT alpha: score / ((5 + length) / 6) ** alpha; 0 = none; at most "
+        f"{MAX_LENGTH_PENALTY:g}",
     )
 
 
 class TranslateRequest(DecodingFields):
     """`text` (one sentence) or `texts` (several), and optional decoding settings."""
 
-    text: str | None = Field(None, examples=["how are you"])
-    texts: list[str] | None = Field(None, examples=[["how are you", "good night"]])
+    text: Text | None = Field(None, examples=["how are you"])
+    texts: list[Text] | None = Field(None, examples=[["how are you", "good night"]])
     nbest: int | None = Field(None, description="hypotheses per text, at most beam_size")
 
 
 class ExplainRequest(DecodingFields):
     """One sentence to translate and explain."""
 
-    text: str = Field(examples=["how are you"])
+    text: Text = Field(examples=["how are you"])
 
 
 class Hypothesis(BaseModel):
@@ -172,12 +193,9 @@ def _decoding(
     beam_size = request.beam_size
     if beam_size is not None and not 1 <= beam_size <= max_beam_size:
         raise RequestError("beam_size", f"must be between 1 and {max_beam_size} (got {beam_size})")
-    penalty = request.length_penalty
-    if penalty is not None and not (math.isfinite(penalty) and penalty >= 0):
-        raise RequestError("length_penalty", f"must be a number >= 0 (got {penalty})")
     if nbest is not None and nbest < 1:
         raise RequestError("nbest", f"must be >= 1 (got {nbest})")
-    changes = {"beam_size": beam_size, "length_penalty": penalty, "nbest": nbest}
+    changes = {"beam_size": beam_size, "length_penalty": request.length_penalty, "nbest": nbest}
     try:
         return dataclasses.replace(defaults, **{k: v for k, v in changes.items() if v is not None})
     except ConfigError as error:
