@@ -139,6 +139,29 @@ def test_a_folder_with_another_texts_explanation_is_refused_and_left_as_it_was(
     assert main([*argv, "--text", "how are you"]) == 0  # the same text may be explained again
 
 
+@pytest.mark.parametrize("value", ["1000", "1e308", "nan", "-1"])
+def test_an_explain_length_penalty_out_of_bounds_is_refused_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    missing = tmp_path / "no-run"  # loading it would fail: the flag is checked first
+    assert main(["--run", str(missing), "--text", "hi", "--length-penalty", value]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: --length-penalty: ") and "0 to 10" in line
+
+
+@pytest.mark.parametrize("inside", ["checkpoints", "tokenizer"])
+def test_an_explain_output_inside_the_runs_own_folders_is_refused(
+    long_run: Path, capsys: pytest.CaptureFixture[str], inside: str
+) -> None:
+    before = {p: p.read_bytes() for p in (long_run / inside).rglob("*") if p.is_file()}
+    output = long_run / inside / "maps"
+    assert main(["--run", str(long_run), "--text", "hi", "--output", str(output)]) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert f"inside the run's {inside.rstrip('s')}" in line
+    assert not output.exists()
+    assert {p: p.read_bytes() for p in (long_run / inside).rglob("*") if p.is_file()} == before
+
+
 def test_the_docs_page_loads_nothing_from_another_host_and_links_the_schema(
     long_run: Path,
 ) -> None:

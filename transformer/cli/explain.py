@@ -26,12 +26,13 @@ from transformer.attention_plots import (
     has_piece_labels,
     write_attention_figures,
 )
+from transformer.checkpoint import run_files
 from transformer.cli.common import CommandParser, run_command, setup_logging
 from transformer.cli.decoding import DTYPES
-from transformer.config import DecodingConfig
+from transformer.config import ConfigError, DecodingConfig, check_length_penalty
 from transformer.errors import UserError
 from transformer.explain import Explanation, Stage, explain, folder_name
-from transformer.files import FileError, atomic_write, os_reason
+from transformer.files import FileError, atomic_write, os_reason, refuse_overwriting
 from transformer.translator import Translator
 
 logger = logging.getLogger("transformer.cli.explain")
@@ -156,13 +157,17 @@ def _main(argv: list[str] | None) -> int:
     setup_logging(args.verbose)
     if args.beam_size is not None and args.beam_size < 1:
         raise UserError(f"--beam-size must be >= 1 (got {args.beam_size})")
-    if args.length_penalty is not None and args.length_penalty < 0:
-        raise UserError(f"--length-penalty must be >= 0 (got {args.length_penalty})")
+    if args.length_penalty is not None:
+        try:
+            check_length_penalty(args.length_penalty)  # the config's own check
+        except ConfigError as error:
+            raise UserError(f"--length-penalty: {error.message}") from None
     if not args.text.strip():
         raise UserError('--text is empty: give a sentence to explain, e.g. --text "how are you"')
     output = args.output or args.run / EXPLAIN_DIR / folder_name(args.text)
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output} is a file; give a directory")
+    refuse_overwriting(output, run_files(args.run))
     _refuse_another_texts_folder(output, args.text)
     translator = Translator.from_run(args.run, args.checkpoint, args.device, DTYPES[args.dtype])
     changes = {"beam_size": args.beam_size, "length_penalty": args.length_penalty, "nbest": 1}
