@@ -16,7 +16,7 @@ searches are also timed with `--workers` (2) batches decoded at once, each in it
 with its share of the threads, as transformer-translate does on a CPU by default.
 
 With `--with-ctranslate2` the same model is also exported to CTranslate2 (float32 and int8
-weights, `transformer.ctranslate2_spec`) and the same batches are decoded by
+weights, `transformer.export.spec`) and the same batches are decoded by
 `ctranslate2.Translator` with the options of `--engine ctranslate2`, on the same threads (one
 batch at a time, and `--workers` batches at once): a second table compares it with ours.
 
@@ -45,11 +45,11 @@ import torch
 from torch import Tensor
 
 from transformer.config import DecodingConfig, ModelConfig
-from transformer.ctranslate2_spec import import_ctranslate2, transformer_spec
-from transformer.ctranslate2_translator import search_options
+from transformer.decoding.search import beam_search, greedy_search
 from transformer.errors import UserError
+from transformer.export.engine import search_options
+from transformer.export.spec import import_ctranslate2, transformer_spec
 from transformer.model import Transformer, build_model
-from transformer.search import beam_search, greedy_search
 
 PAD_ID, EOS_ID, FIRST_WORD_ID = 0, 3, 4
 REPO = Path(__file__).resolve().parents[1]

@@ -45,13 +45,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from transformer.batching import TokenBatchSampler
 from transformer.config import ModelConfig
-from transformer.loss import TranslationLoss, label_smoothed_loss
-from transformer.memory import keep_freed_memory
+from transformer.data.batching import TokenBatchSampler
+from transformer.data.special_ids import BOS_ID, EOS_ID, PAD_ID
+from transformer.decoding.search import beam_search, greedy_search
 from transformer.model import build_model
-from transformer.search import beam_search, greedy_search
-from transformer.special_ids import BOS_ID, EOS_ID, PAD_ID
+from transformer.runtime.memory import keep_freed_memory
+from transformer.training.loss import TranslationLoss, label_smoothed_loss
 
 REPO = Path(__file__).resolve().parents[1]
 MULTI30K = REPO.parent / "shared" / "data" / "multi30k"
@@ -141,7 +141,7 @@ def make_data(
     """`count` training batches (src, tgt_in, tgt_out) and decoding batches, and their source."""
     if (MULTI30K / "train.en.gz").is_file():
         from transformer.config import TokenizerConfig
-        from transformer.tokenizer import train_tokenizers
+        from transformer.data.tokenizer import train_tokenizers
 
         english, german = read_lines(MULTI30K / "train.en.gz"), read_lines(MULTI30K / "train.de.gz")
         tokenizers = train_tokenizers(TokenizerConfig(vocab_size=VOCAB), english, german, directory)

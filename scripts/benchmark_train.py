@@ -51,17 +51,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from transformer.batching import TokenBatchSampler
 from transformer.cli.common import add_override_flag, run_command
 from transformer.config import Config, load_config
-from transformer.data import EncodedCorpus
-from transformer.device import autocast_dtype, resolve_device
-from transformer.distributed import DistributedContext
-from transformer.loss import label_smoothed_loss
+from transformer.data.batching import TokenBatchSampler
+from transformer.data.corpus import EncodedCorpus
+from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerPair
 from transformer.model import Transformer
-from transformer.run import PreparedData, build_model, prepare_data, resolve_model_config
-from transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerPair
-from transformer.training import Trainer, ValidationResult
+from transformer.runtime.device import autocast_dtype, resolve_device
+from transformer.training.distributed import DistributedContext
+from transformer.training.loss import label_smoothed_loss
+from transformer.training.run import PreparedData, build_model, prepare_data, resolve_model_config
+from transformer.training.trainer import Trainer, ValidationResult
 
 KINDS = ("pipeline", "bare step")
 DEFAULT_CONFIG = Path("configs/multi30k_en_de.yaml")

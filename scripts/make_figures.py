@@ -28,15 +28,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from transformer.attention_plots import attention_figure, figure_class, heatmap, png_bytes
 from transformer.cli.common import run_command, setup_logging
-from transformer.explain import explain
+from transformer.decoding.translator import Translator
+from transformer.explain.plots import attention_figure, figure_class, heatmap, png_bytes
+from transformer.explain.trace import explain
 from transformer.files import FileError, atomic_write, os_reason
-from transformer.loss import label_smoothed_loss
 from transformer.model.attention import causal_mask, padding_mask
 from transformer.model.positions import RotaryPositionalEncoding, rotary_angles, sinusoidal_table
-from transformer.schedule import noam_lr
-from transformer.translator import Translator
+from transformer.training.loss import label_smoothed_loss
+from transformer.training.schedule import noam_lr
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("make_figures")

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformer.checkpoint import METRICS_FILE
 from transformer.cli.common import run_command
 from transformer.errors import UserError
+from transformer.training.checkpoint import METRICS_FILE
 
 METRICS = {
     "bleu": "validation BLEU",

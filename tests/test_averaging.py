@@ -13,11 +13,11 @@ from test_translate_cli import (
 )
 from tiny_runs import make_tiny_run
 
-from transformer.averaging import average_checkpoints, select_best, select_last
-from transformer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from transformer.cli.average import main
+from transformer.decoding.translator import Translator
 from transformer.model import Transformer
-from transformer.translator import Translator
+from transformer.training.averaging import average_checkpoints, select_best, select_last
+from transformer.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def save_model(path: Path, model: Transformer, step: int, bleu: float | None = None) -> Path:

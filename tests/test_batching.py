@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from transformer.batching import TokenBatchSampler, collate, collate_flat
-from transformer.data import Example
-from transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from transformer.data.batching import Example, TokenBatchSampler, collate, collate_flat
+from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 def random_lengths(count: int, seed: int, most: int = 60) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +47,7 @@ def test_example_over_the_budget_gets_a_batch_of_its_own_with_one_warning(
     src = np.array([5, 300, 5, 6, 250])
     tgt = np.array([5, 10, 6, 5, 5])
     sampler = TokenBatchSampler(src, tgt, 100, seed=0)
-    with caplog.at_level(logging.WARNING, logger="transformer.batching"):
+    with caplog.at_level(logging.WARNING, logger="transformer.data.batching"):
         first, second = sampler.batches(0), sampler.batches(1)
     assert [1] in first and [4] in first and [1] in second
     assert caplog.text.count("longer than batch_tokens 100") == 1

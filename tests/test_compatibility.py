@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from transformer.checkpoint import load_checkpoint
-from transformer.translator import Translator
+from transformer.decoding.translator import Translator
+from transformer.training.checkpoint import load_checkpoint
 
 OLD_RUN = Path(__file__).parent / "data" / "run_before_fused_projections"
 

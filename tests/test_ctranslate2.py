@@ -19,15 +19,15 @@ import pytest
 import torch
 from tiny_runs import make_tiny_run
 
-from transformer.checkpoint import load_checkpoint, save_checkpoint
 from transformer.cli.evaluate import main as evaluate_main
 from transformer.cli.train import main as train_main
 from transformer.cli.translate import main as translate_main
-from transformer.ctranslate2_translator import CTranslate2Translator
-from transformer.export import export_run
-from transformer.search import gnmt_length_penalty, max_output_lengths
-from transformer.special_ids import BOS_ID, EOS_ID, PAD_ID
-from transformer.translator import Translation, Translator
+from transformer.data.special_ids import BOS_ID, EOS_ID, PAD_ID
+from transformer.decoding.search import gnmt_length_penalty, max_output_lengths
+from transformer.decoding.translator import Translation, Translator
+from transformer.export.directory import export_run
+from transformer.export.engine import CTranslate2Translator
+from transformer.training.checkpoint import load_checkpoint, save_checkpoint
 
 pytest.importorskip("ctranslate2")
 

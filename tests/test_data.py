@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from transformer.batching import TokenBatchSampler, collate
 from transformer.config import CorpusConfig, TokenizerConfig
-from transformer.data import (
+from transformer.data.batching import TokenBatchSampler, collate
+from transformer.data.corpus import (
     DataError,
     EncodedCorpus,
     encode_corpus,
     iter_sentences,
     load_corpus,
 )
+from transformer.data.tokenizer import EOS_ID, Tokenizer, TokenizerPair, train_tokenizers
 from transformer.errors import UserError
-from transformer.tokenizer import EOS_ID, Tokenizer, TokenizerPair, train_tokenizers
 
 GERMAN = "der die das Haus Straße groß klein über schön Mädchen läuft schnell heute 12 2024"
 ENGLISH = "the a house street big small over beautiful girl runs quickly today 12 2024"
@@ -229,7 +229,7 @@ def test_empty_pairs_are_skipped_and_counted(
 ) -> None:
     src = write_lines(tmp_path / "a.de", ["eins", "", "drei", "  ", "fünf"])
     tgt = write_lines(tmp_path / "a.en", ["one", "two", "", "four", " five "])
-    with caplog.at_level(logging.INFO, logger="transformer.data"):
+    with caplog.at_level(logging.INFO, logger="transformer.data.corpus"):
         dataset = load_corpus(text_corpus(src, tgt), "data.train")
     assert pairs(dataset) == [("eins", "one"), ("fünf", "five")]
     assert "data.train: skipped 3 of 5 pairs with an empty side" in caplog.text

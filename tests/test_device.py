@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-import transformer.device as device_module
-from transformer.device import (
+import transformer.runtime.device as device_module
+from transformer.errors import UserError
+from transformer.runtime.device import (
     DeviceError,
     autocast_dtype,
     cpu_has_native_bf16,
     decoding_dtype,
     resolve_device,
 )
-from transformer.errors import UserError
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 no_mps = pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
@@ -88,7 +88,7 @@ def test_bf16_on_a_cpu_follows_its_native_bf16_support(
     expected: torch.dtype | None,
 ) -> None:
     monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native)
-    with caplog.at_level("WARNING", logger="transformer.device"):
+    with caplog.at_level("WARNING", logger="transformer.runtime.device"):
         assert autocast_dtype("bf16", torch.device("cpu")) is expected
     warned = [r.getMessage() for r in caplog.records]
     if native:

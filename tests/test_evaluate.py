@@ -17,8 +17,8 @@ from test_translate_cli import (
 from tiny_runs import PAIRS, make_tiny_run
 
 from transformer.cli.evaluate import main
-from transformer.evaluate import corpus_scores, score
-from transformer.translator import Translator
+from transformer.decoding.scoring import corpus_scores, score
+from transformer.decoding.translator import Translator
 
 HYPOTHESES = [
     "The cat sat on the mat.",

@@ -14,11 +14,11 @@ import pytest
 import torch
 from tiny_runs import make_tiny_run
 
-from transformer.attention_plots import MissingExtraError, figure_class
 from transformer.cli.explain import MAX_ATTENTION_LINES, format_trace, main, write_explanation
 from transformer.cli.translate import main as translate_main
-from transformer.explain import Explanation, explain, folder_name, slug
-from transformer.translator import Translator
+from transformer.decoding.translator import Translator
+from transformer.explain.plots import MissingExtraError, figure_class
+from transformer.explain.trace import Explanation, explain, folder_name, slug
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

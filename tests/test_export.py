@@ -20,10 +20,10 @@ from tiny_runs import make_tiny_run, tiny_model_config
 
 from transformer.cli.export import main as export_main
 from transformer.config import ModelConfig
-from transformer.ctranslate2_spec import ExportError, transformer_spec
-from transformer.export import ensure_export, export_run, read_export
+from transformer.data.special_ids import BOS_ID, EOS_ID
+from transformer.export.directory import ensure_export, export_run, read_export
+from transformer.export.spec import ExportError, transformer_spec
 from transformer.model import Transformer
-from transformer.special_ids import BOS_ID, EOS_ID
 
 ct2 = pytest.importorskip("ctranslate2")
 
@@ -257,7 +257,7 @@ def test_a_failed_export_leaves_the_earlier_export_as_it_was(
     def disk_full(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("transformer.export.shutil.copyfile", disk_full)
+    monkeypatch.setattr("transformer.export.directory.shutil.copyfile", disk_full)
     code, err = export(
         capsys, "--run", run_dir, "--format", "ctranslate2", "--output", out, "--checkpoint", "last"
     )

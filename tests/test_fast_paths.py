@@ -17,11 +17,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import transformer.loss as loss_module
 import transformer.model.fast as fast_module
+import transformer.training.loss as loss_module
 from transformer.config import Config, ModelConfig, TrainingConfig
-from transformer.data import EncodedCorpus
-from transformer.loss import TranslationLoss
+from transformer.data.corpus import EncodedCorpus
+from transformer.decoding.search import beam_search, greedy_search
+from transformer.decoding.translator import Translator
 from transformer.model import ScaledDotProductAttention, Transformer, build_model
 from transformer.model.attention import QKVProjection
 from transformer.model.fast import (
@@ -32,10 +33,9 @@ from transformer.model.fast import (
     KeyedDropout,
     onednn_available,
 )
-from transformer.run import build_model as build_training_model
-from transformer.search import beam_search, greedy_search
-from transformer.training import Trainer
-from transformer.translator import Translator
+from transformer.training.loss import TranslationLoss
+from transformer.training.run import build_model as build_training_model
+from transformer.training.trainer import Trainer
 
 PAD, BOS, EOS = 0, 2, 3
 VOCAB = 40

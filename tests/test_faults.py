@@ -27,11 +27,11 @@ import torch
 import yaml
 from test_training import ROOT, tiny_config
 
-from transformer.checkpoint import load_checkpoint
 from transformer.cli.train import main as train_main
 from transformer.config import load_config
 from transformer.files import FileError, atomic_write
-from transformer.lock import LOCK_FILE
+from transformer.training.checkpoint import load_checkpoint
+from transformer.training.lock import LOCK_FILE
 
 ENV = {
     **os.environ,
@@ -482,7 +482,7 @@ def test_resuming_a_run_whose_limit_is_reached_stops_at_once(run: Path) -> None:
 def test_early_stopping_is_named_in_the_last_log_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from transformer.training import Trainer, ValidationResult
+    from transformer.training.trainer import Trainer, ValidationResult
 
     monkeypatch.setattr(Trainer, "validate", lambda self: ValidationResult(loss=1.0, perplexity=1))
     config = tiny_config(
@@ -534,7 +534,7 @@ def test_a_diverging_training_stops_saying_what_to_lower_and_saves_nothing_non_f
 def test_a_step_with_a_non_finite_loss_changes_nothing_and_training_goes_on(
     run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import transformer.loss as loss_module
+    import transformer.training.loss as loss_module
 
     calls, real = [], loss_module.projected_label_smoothed_loss
 
@@ -580,7 +580,7 @@ def test_a_skipped_step_leaves_parameters_and_optimizer_as_they_were_with_a_grad
 
 
 def test_non_finite_parameters_are_never_saved(trained: Path, tmp_path: Path) -> None:
-    from transformer.training import DivergenceError
+    from transformer.training.trainer import DivergenceError
 
     trainer = _trainer(trained, tmp_path / "copy")
     with torch.no_grad():
@@ -592,9 +592,9 @@ def test_non_finite_parameters_are_never_saved(trained: Path, tmp_path: Path) ->
 
 def _trainer(run_dir: Path, new_run_dir: Path | None = None):
     """A Trainer for the run's config and data (on the CPU), writing into `new_run_dir`."""
-    from transformer.distributed import DistributedContext
-    from transformer.run import build_model, prepare_data
-    from transformer.training import Trainer
+    from transformer.training.distributed import DistributedContext
+    from transformer.training.run import build_model, prepare_data
+    from transformer.training.trainer import Trainer
 
     config = load_config(run_dir / "config.yaml")
     data = prepare_data(config, run_dir, DistributedContext(), resume=True)

@@ -23,11 +23,11 @@ import torch
 import yaml
 from tiny_runs import make_tiny_run
 
-from transformer.checkpoint import load_checkpoint
 from transformer.cli.common import run_command
 from transformer.cli.train import main as train_main
 from transformer.config import TokenizerConfig, TrainingConfig
-from transformer.tokenizer import TokenizerError, train_tokenizers
+from transformer.data.tokenizer import TokenizerError, train_tokenizers
+from transformer.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {

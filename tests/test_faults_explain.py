@@ -13,9 +13,9 @@ from tiny_runs import make_tiny_run
 
 from transformer.cli.explain import JSON_FILE, main, write_explanation
 from transformer.cli.translate import main as translate_main
-from transformer.explain import Explanation, folder_name
+from transformer.decoding.translator import Translator
+from transformer.explain.trace import Explanation, folder_name
 from transformer.model import AttentionMaps
-from transformer.translator import Translator
 
 MAX_SIDE_PIXELS = 4000  # a heatmap figure's width and height, for any sentence
 MAX_TEXTS = 150  # text artists (titles, axis labels, tick labels) in one drawn figure
@@ -44,7 +44,7 @@ def test_a_heatmap_costs_a_bounded_size_and_text_whatever_the_number_of_pieces(
     matplotlib = pytest.importorskip("matplotlib")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from transformer.attention_plots import DPI, LABELLED_UP_TO, draw_attention
+    from transformer.explain.plots import DPI, LABELLED_UP_TO, draw_attention
 
     figure = draw_attention(random_attention(4, count, count), pieces(count), pieces(count), "x")
     width, height = figure.get_size_inches() * DPI
@@ -73,7 +73,7 @@ def test_heatmaps_without_piece_names_say_so_in_one_line_and_the_json_has_every_
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("matplotlib")
-    from transformer.attention_plots import LABELLED_UP_TO
+    from transformer.explain.plots import LABELLED_UP_TO
 
     count = LABELLED_UP_TO + 1
     written = write_explanation(long_explanation(count, 4), tmp_path / "long")
@@ -95,7 +95,7 @@ def test_translate_with_attention_draws_long_lines_at_a_bounded_size_too(
     long_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("matplotlib")
-    from transformer.attention_plots import LABELLED_UP_TO
+    from transformer.explain.plots import LABELLED_UP_TO
 
     text = " ".join(["the house is small and the dog is sleeping"] * 12)
     translator = Translator.from_run(long_run, device="cpu")

@@ -23,13 +23,13 @@ import torch
 import yaml
 from tiny_runs import make_tiny_run
 
-from transformer.checkpoint import load_checkpoint, save_checkpoint
 from transformer.files import (
     atomic_directory,
     atomic_write,
     sweep_temporaries,
     temporary_path,
 )
+from transformer.training.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {

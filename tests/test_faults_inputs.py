@@ -30,7 +30,7 @@ from transformer.config import (
     config_from_dict,
     load_config,
 )
-from transformer.search import gnmt_length_penalty
+from transformer.decoding.search import gnmt_length_penalty
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -355,8 +355,8 @@ def client(tiny_run: Path) -> Iterator[object]:
     pytest.importorskip("fastapi", reason="the serve extra: pip install -e '.[serve]'")
     from fastapi.testclient import TestClient
 
+    from transformer.decoding.translator import Translator
     from transformer.serve.app import create_app
-    from transformer.translator import Translator
 
     translator = Translator.from_run(tiny_run, device="cpu")
     with TestClient(create_app(translator), raise_server_exceptions=False) as client:

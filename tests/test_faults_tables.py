@@ -21,7 +21,7 @@ import yaml
 
 from transformer.cli.train import main as train_main
 from transformer.config import CorpusConfig
-from transformer.data import DataError, load_corpus
+from transformer.data.corpus import DataError, load_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 

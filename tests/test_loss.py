@@ -6,10 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from transformer import loss as loss_module
 from transformer.config import ModelConfig
-from transformer.loss import TranslationLoss, label_smoothed_loss, projected_label_smoothed_loss
 from transformer.model import build_model
+from transformer.training import loss as loss_module
+from transformer.training.loss import (
+    TranslationLoss,
+    label_smoothed_loss,
+    projected_label_smoothed_loss,
+)
 
 PAD = 0
 

@@ -11,7 +11,7 @@ import pytest
 # 20 MiB tensor is allocated, and then when it is freed.
 SNIPPET = """
 import ctypes, sys, torch
-from transformer.memory import keep_freed_memory
+from transformer.runtime.memory import keep_freed_memory
 if sys.argv[1] == "keep" and not keep_freed_memory():
     raise SystemExit(3)
 sbrk = ctypes.CDLL(None).sbrk

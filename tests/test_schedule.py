@@ -6,7 +6,7 @@ import math
 import pytest
 
 from transformer.config import TrainingConfig
-from transformer.schedule import cosine_lr, inverse_sqrt_lr, learning_rate, noam_lr
+from transformer.training.schedule import cosine_lr, inverse_sqrt_lr, learning_rate, noam_lr
 
 
 def test_noam_follows_the_papers_formula():

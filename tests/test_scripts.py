@@ -277,7 +277,7 @@ def test_synthetic_batch_is_padded_like_a_real_batch(bench):
 
 
 def test_planned_groups_follow_the_epochs_like_the_trainer(bench):
-    from transformer.batching import TokenBatchSampler
+    from transformer.data.batching import TokenBatchSampler
 
     sampler = TokenBatchSampler([3] * 10, [4] * 10, batch_tokens=8, seed=1)  # 5 batches of 2
     groups = bench.planned_groups(sampler, accumulate_steps=2, count=5)

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from transformer.config import DecodingConfig, ModelConfig
-from transformer.model import DecoderCache, Transformer
-from transformer.search import (
+from transformer.data.special_ids import SpecialIds
+from transformer.decoding.search import (
     Hypothesis,
     NonFiniteScoreError,
     beam_search,
@@ -22,7 +22,7 @@ from transformer.search import (
     row_max,
     search,
 )
-from transformer.special_ids import SpecialIds
+from transformer.model import DecoderCache, Transformer
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 A, B, C = 4, 5, 6  # the scripted models' words

@@ -26,8 +26,8 @@ from tiny_runs import PAIRS, VOCAB_SIZE, tiny_model_config
 
 from transformer.cli.serve import main as serve_main
 from transformer.cli.train import main as train_main
-from transformer.explain import explain
-from transformer.translator import Translator
+from transformer.decoding.translator import Translator
+from transformer.explain.trace import explain
 
 fastapi = pytest.importorskip("fastapi", reason="the serve extra: pip install -e '.[serve]'")
 from fastapi.testclient import TestClient  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from transformer.cli import train as train_cli
-from transformer.threads import busy_cores, threads_for
+from transformer.runtime.threads import busy_cores, threads_for
 
 
 @pytest.fixture(autouse=True)

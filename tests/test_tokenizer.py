@@ -12,8 +12,7 @@ import pytest
 import sentencepiece as spm
 
 from transformer.config import ConfigError, ModelConfig, TokenizerConfig
-from transformer.errors import UserError
-from transformer.tokenizer import (
+from transformer.data.tokenizer import (
     BOS_ID,
     BOS_PIECE,
     EOS_ID,
@@ -28,6 +27,7 @@ from transformer.tokenizer import (
     train_tokenizers,
     with_vocabulary_sizes,
 )
+from transformer.errors import UserError
 
 GERMAN = (
     "der die das Haus Straße Größe über schön Mädchen läuft Bäume Füße groß heißt Öl "
@@ -245,7 +245,7 @@ def test_too_small_corpus_gives_a_smaller_vocabulary_and_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     text = sentences("ab ba abba", 50, seed=3)
-    with caplog.at_level(logging.WARNING, logger="transformer.tokenizer"):
+    with caplog.at_level(logging.WARNING, logger="transformer.data.tokenizer"):
         pair = train_tokenizers(tiny_config(vocab_size=500), text, text, tmp_path)
     assert pair.src.vocab_size < 500
     assert f"only supports {pair.src.vocab_size} pieces" in caplog.text

@@ -15,12 +15,12 @@ import pytest
 import torch
 import yaml
 
-from transformer.checkpoint import load_checkpoint
 from transformer.cli.train import main as train_main
 from transformer.config import load_config
-from transformer.distributed import DistributedContext
-from transformer.run import build_model, prepare_data, resolve_model_config
-from transformer.training import Trainer, label_smoothed_loss
+from transformer.training.checkpoint import load_checkpoint
+from transformer.training.distributed import DistributedContext
+from transformer.training.run import build_model, prepare_data, resolve_model_config
+from transformer.training.trainer import Trainer, label_smoothed_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -307,7 +307,9 @@ def test_max_time_minutes_stops_training_early(tmp_path):
 def test_the_library_seeds_torch_in_one_place():
     sources = (ROOT / "transformer").rglob("*.py")
     calls = {p.relative_to(ROOT).as_posix(): p.read_text().count("manual_seed(") for p in sources}
-    assert {path: count for path, count in calls.items() if count} == {"transformer/run.py": 1}
+    assert {path: count for path, count in calls.items() if count} == {
+        "transformer/training/run.py": 1
+    }
 
 
 def tiny_trainer(tmp_path: Path, reuse_tokenizer: bool = False, **sections: dict) -> Trainer:

@@ -21,12 +21,12 @@ import pytest
 import torch
 from tiny_runs import make_tiny_run, tiny_model_config
 
-from transformer.batching import token_batches
-from transformer.checkpoint import save_checkpoint
 from transformer.cli.translate import main
+from transformer.data.batching import token_batches
+from transformer.data.tokenizer import load_tokenizers
+from transformer.decoding.translator import Translator
 from transformer.model import Transformer
-from transformer.tokenizer import load_tokenizers
-from transformer.translator import Translator
+from transformer.training.checkpoint import save_checkpoint
 
 LINES = [
     "how are you",

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 
-from transformer.checkpoint import save_checkpoint
 from transformer.config import (
     Config,
     DecodingConfig,
@@ -15,8 +14,9 @@ from transformer.config import (
     config_to_dict,
     save_config,
 )
+from transformer.data.tokenizer import train_tokenizers
 from transformer.model import Transformer
-from transformer.tokenizer import train_tokenizers
+from transformer.training.checkpoint import save_checkpoint
 
 VOCAB_SIZE = 64
 PAIRS = [

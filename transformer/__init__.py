@@ -22,7 +22,7 @@ _HOMES = {
     "TrainingConfig": "transformer.config",
     "Transformer": "transformer.model",
     "load_config": "transformer.config",
-    "resolve_device": "transformer.device",
+    "resolve_device": "transformer.runtime.device",
 }
 
 __all__ = sorted(_HOMES)

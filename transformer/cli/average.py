@@ -14,15 +14,15 @@ import argparse
 import logging
 from pathlib import Path
 
-from transformer.averaging import average_checkpoints, select_best, select_last
-from transformer.checkpoint import (
+from transformer.cli.common import CommandParser, run_command, setup_logging
+from transformer.files import refuse_overwriting
+from transformer.training.averaging import average_checkpoints, select_best, select_last
+from transformer.training.checkpoint import (
     CheckpointError,
     checkpoint_dir,
     save_checkpoint,
     training_files,
 )
-from transformer.cli.common import CommandParser, run_command, setup_logging
-from transformer.files import refuse_overwriting
 
 logger = logging.getLogger("transformer.cli.average")
 

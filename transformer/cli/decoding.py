@@ -18,10 +18,10 @@ from transformer.config import (
     DecodingConfig,
     check_length_penalty,
 )
-from transformer.ctranslate2_translator import CTranslate2Translator
-from transformer.device import resolve_device
+from transformer.decoding.translator import Translator
 from transformer.errors import UserError
-from transformer.translator import Translator
+from transformer.export.engine import CTranslate2Translator
+from transformer.runtime.device import resolve_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from transformer.checkpoint import CHECKPOINT_NAMES, run_files
-from transformer.ctranslate2_spec import EXTRA, import_ctranslate2
-from transformer.ctranslate2_translator import CTranslate2Translator
 from transformer.errors import UserError
-from transformer.export import DEFAULT_EXPORT_DIR, default_export_dir, ensure_export
+from transformer.export.directory import DEFAULT_EXPORT_DIR, default_export_dir, ensure_export
+from transformer.export.engine import CTranslate2Translator
+from transformer.export.spec import EXTRA, import_ctranslate2
+from transformer.training.checkpoint import CHECKPOINT_NAMES, run_files
 
 ENGINES = ("pytorch", "ctranslate2")
 

@@ -27,10 +27,10 @@ from transformer.cli.decoding import (
     positive_flags,
 )
 from transformer.cli.engine import model_files
+from transformer.decoding.scoring import Scores, corpus_scores
+from transformer.decoding.translator import read_run_config
 from transformer.errors import UserError
-from transformer.evaluate import Scores, corpus_scores
 from transformer.files import open_output, read_lines, refuse_overwriting
-from transformer.translator import read_run_config
 
 logger = logging.getLogger("transformer.cli.evaluate")
 

@@ -20,20 +20,20 @@ import logging
 import sys
 from pathlib import Path
 
-from transformer.attention_plots import (
+from transformer.cli.common import CommandParser, run_command, setup_logging
+from transformer.cli.decoding import DTYPES
+from transformer.config import ConfigError, DecodingConfig, check_length_penalty
+from transformer.decoding.translator import Translator
+from transformer.errors import UserError
+from transformer.explain.plots import (
     LABELLED_UP_TO,
     MissingExtraError,
     has_piece_labels,
     write_attention_figures,
 )
-from transformer.checkpoint import run_files
-from transformer.cli.common import CommandParser, run_command, setup_logging
-from transformer.cli.decoding import DTYPES
-from transformer.config import ConfigError, DecodingConfig, check_length_penalty
-from transformer.errors import UserError
-from transformer.explain import Explanation, Stage, explain, folder_name
+from transformer.explain.trace import Explanation, Stage, explain, folder_name
 from transformer.files import FileError, atomic_write, os_reason, refuse_overwriting
-from transformer.translator import Translator
+from transformer.training.checkpoint import run_files
 
 logger = logging.getLogger("transformer.cli.explain")
 

@@ -7,8 +7,8 @@ Examples::
     transformer-translate --run runs/toy --engine ctranslate2 --export toy-int8 --text "hi"
 
 The export holds CTranslate2's model files, the run's SentencePiece model(s) and export.json
-(what was exported); see `transformer/export.py`. It needs the optional ctranslate2 package:
-pip install 'transformer[ctranslate2]'.
+(what was exported); see `transformer/export/directory.py`. It needs the optional ctranslate2
+package: pip install 'transformer[ctranslate2]'.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import sys
 from pathlib import Path
 
 from transformer.cli.common import CommandParser, run_command, setup_logging
-from transformer.export import (
+from transformer.decoding.translator import read_run_config
+from transformer.export.directory import (
     DEFAULT_EXPORT_DIR,
     FORMAT,
     QUANTIZATIONS,
     default_export_dir,
     export_run,
 )
-from transformer.translator import read_run_config
 
 
 def build_parser() -> argparse.ArgumentParser:

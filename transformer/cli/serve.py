@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from transformer.checkpoint import resolve_checkpoint
 from transformer.cli.common import CommandParser, run_command, setup_logging
 from transformer.cli.decoding import DTYPES
-from transformer.device import resolve_device
+from transformer.decoding.translator import Translator
 from transformer.errors import UserError
+from transformer.runtime.device import resolve_device
 from transformer.serve.settings import ServeSettings
-from transformer.translator import Translator
+from transformer.training.checkpoint import resolve_checkpoint
 
 if TYPE_CHECKING:
     import uvicorn

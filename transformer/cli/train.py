@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from transformer.checkpoint import LOG_FILE, checkpoint_dir
 from transformer.cli.common import (
     STOP_SIGNALS,
     CommandParser,
@@ -25,16 +24,18 @@ from transformer.cli.common import (
     setup_logging,
     tell,
 )
-from transformer.device import resolve_device
-from transformer.distributed import (
+from transformer.errors import UserError
+from transformer.runtime.device import resolve_device
+from transformer.runtime.memory import keep_freed_memory
+from transformer.runtime.threads import busy_cores, threads_for
+from transformer.training.checkpoint import LOG_FILE, checkpoint_dir
+from transformer.training.distributed import (
     DistributedContext,
     context_from_environment,
     destroy_process_group,
     init_process_group,
 )
-from transformer.errors import UserError
-from transformer.memory import keep_freed_memory
-from transformer.run import (
+from transformer.training.run import (
     RunDirectory,
     RunStart,
     build_model,
@@ -42,8 +43,7 @@ from transformer.run import (
     prepare_data,
     resolve_model_config,
 )
-from transformer.threads import busy_cores, threads_for
-from transformer.training import Progress, StopRequest, Trainer
+from transformer.training.trainer import Progress, StopRequest, Trainer
 
 logger = logging.getLogger("transformer")
 

@@ -35,6 +35,7 @@ from transformer.cli.decoding import (
 from transformer.cli.engine import model_files
 from transformer.cli.explain import MAX_ATTENTION_LINES, explain_lines
 from transformer.config import DecodingConfig
+from transformer.decoding.translator import Translation, Translator, read_run_config
 from transformer.errors import UserError
 from transformer.files import (
     FileError,
@@ -44,7 +45,6 @@ from transformer.files import (
     os_reason,
     refuse_overwriting,
 )
-from transformer.translator import Translation, Translator, read_run_config
 
 logger = logging.getLogger("transformer.cli.translate")
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from transformer.config import ModelConfig
+from transformer.data.special_ids import SpecialIds
 from transformer.model.attention import (
     AttentionRecorder,
     MultiHeadAttention,
@@ -27,7 +28,6 @@ from transformer.model.fast import install_fast_paths
 from transformer.model.layers import DecoderLayer, Embeddings, EncoderLayer, make_norm
 from transformer.model.positions import LearnedPositionalEncoding, SinusoidalPositionalEncoding
 from transformer.model.spec import LayerSpec
-from transformer.special_ids import SpecialIds
 
 
 def make_positional_encoding(kind: str, d_model: int, max_positions: int) -> nn.Module | None:
@@ -274,7 +274,7 @@ class Transformer(nn.Module):
 
     def teacher_forced_states(self, src: Tensor, tgt: Tensor) -> Tensor:
         """`forward` up to the output projection: -> h (B, T, D). The training loss projects h
-        itself (`transformer.loss.projected_label_smoothed_loss`)."""
+        itself (`transformer.training.loss.projected_label_smoothed_loss`)."""
         _check_ids("source", src)  # before its batch size is read
         if tgt.dim() == 2 and src.size(0) != tgt.size(0):
             raise ValueError(

@@ -33,8 +33,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from transformer.config import ConfigError, DecodingConfig
+from transformer.decoding.translator import Translator
 from transformer.errors import UserError
-from transformer.explain import explain
+from transformer.explain.trace import explain
 from transformer.serve.batcher import Batcher
 from transformer.serve.schemas import (
     ErrorResponse,
@@ -48,7 +49,6 @@ from transformer.serve.schemas import (
     translate_work,
 )
 from transformer.serve.settings import ServeSettings
-from transformer.translator import Translator
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from transformer.config import DecodingConfig
-from transformer.translator import Translation, Translator
+from transformer.decoding.translator import Translation, Translator
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from transformer.config import MAX_LENGTH_PENALTY, ConfigError, DecodingConfig, check_length_penalty
+from transformer.decoding.translator import Translation, Translator
 from transformer.serve.settings import ServeSettings
-from transformer.translator import Translation, Translator
 
 
 class RequestError(Exception):

@@ -17,17 +17,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from transformer.tokenizer import BOS_ID, PAD_ID
-
-if TYPE_CHECKING:
-    from transformer.data import Example
+from transformer.data.tokenizer import BOS_ID, PAD_ID
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One encoded pair: `src` and `tgt` ids, each ending with EOS."""
+
+    index: int
+    src: np.ndarray  # (S,) int32
+    tgt: np.ndarray  # (T,) int32
 
 
 @dataclass

@@ -6,7 +6,7 @@ Data flows::
     encode_corpus(dataset, ...) -> EncodedCorpus: ids ending in EOS, length-filtered, cached
     EncodedCorpus.collate       -> Batch: src (B, S), tgt_in (B, T), tgt_out (B, T)
 
-Which examples share a batch, and how they are padded, is `transformer.batching`.
+Which examples share a batch, and how they are padded, is `transformer.data.batching`.
 
 Lengths count EOS: an encoded source of S tokens is what the encoder reads, and an encoded
 target of T tokens gives ``tgt_in = BOS + target`` and ``tgt_out = target + EOS``, both T long.
@@ -20,7 +20,6 @@ import itertools
 import logging
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
 
@@ -29,12 +28,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transformer.batching import Batch, collate_flat
 from transformer.config import CorpusConfig
+from transformer.data.batching import Batch, Example, collate_flat
+from transformer.data.tables import TableError, open_binary, read_table
+from transformer.data.tokenizer import EOS_ID, PAD_ID, TokenizerPair
 from transformer.errors import UserError
 from transformer.files import atomic_write
-from transformer.tables import TableError, open_binary, read_table
-from transformer.tokenizer import EOS_ID, PAD_ID, TokenizerPair
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ def _raise_for_bad_utf8(data: bytes, path: Path) -> None:
 
 
 def _read_table(corpus: CorpusConfig, key: str) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
-    """The src_field and tgt_field columns of a local table file (see `transformer.tables`)."""
+    """The src_field and tgt_field columns of a local table file (see `transformer.data.tables`)."""
     path = _existing_file(corpus.path, f"{key}.path")
     try:
         return read_table(path, corpus.src_field, corpus.tgt_field)
@@ -230,15 +229,6 @@ def iter_sentences(dataset: datasets.Dataset, column: str) -> Iterator[str]:
 
 
 # --------------------------------------------------------------------------- encoding
-
-
-@dataclass(frozen=True)
-class Example:
-    """One encoded pair: `src` and `tgt` ids, each ending with EOS."""
-
-    index: int
-    src: np.ndarray  # (S,) int32
-    tgt: np.ndarray  # (T,) int32
 
 
 class TextColumn(Sequence[str]):

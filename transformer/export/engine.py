@@ -6,7 +6,7 @@ a warning, EOS, token-budget batches, workers, input order, empty lines, detoken
 both engines read and write text the same way. The source ids of a batch are handed to
 CTranslate2 as SentencePiece pieces; its output pieces are mapped back to ids.
 
-What CTranslate2 is asked, to decode as `transformer.search` does:
+What CTranslate2 is asked, to decode as `transformer.decoding.search` does:
 
 - the maximum length int(max_len_a · source length + max_len_b) of each sentence: CTranslate2
   takes one `max_decoding_length` per call, so a batch is decoded in groups of sentences that
@@ -47,17 +47,17 @@ import torch
 from torch import Tensor
 
 from transformer.config import DecodingConfig
-from transformer.ctranslate2_spec import import_ctranslate2
-from transformer.export import ExportRecord, read_export
-from transformer.search import (
+from transformer.data.special_ids import PAD_ID
+from transformer.data.tokenizer import EOS_PIECE, PAD_PIECE, load_tokenizers
+from transformer.decoding.search import (
     Hypothesis,
     NonFiniteScoreError,
     gnmt_length_penalty,
     max_output_lengths,
 )
-from transformer.special_ids import PAD_ID
-from transformer.tokenizer import EOS_PIECE, PAD_PIECE, load_tokenizers
-from transformer.translator import Translator
+from transformer.decoding.translator import Translator
+from transformer.export.directory import ExportRecord, read_export
+from transformer.export.spec import import_ctranslate2
 
 logger = logging.getLogger(__name__)
 

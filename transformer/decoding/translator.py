@@ -16,19 +16,19 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from transformer.batching import pad, token_batches
-from transformer.checkpoint import (
+from transformer.config import Config, ConfigError, DecodingConfig, ModelConfig, load_config
+from transformer.data.batching import pad, token_batches
+from transformer.data.tokenizer import EOS_ID, TokenizerPair, load_tokenizers, with_vocabulary_sizes
+from transformer.decoding.search import Hypothesis, search
+from transformer.model import Transformer, build_model
+from transformer.runtime.device import decoding_dtype, resolve_device
+from transformer.training.checkpoint import (
     CONFIG_FILE,
     TOKENIZER_DIR,
     CheckpointError,
     load_checkpoint,
     resolve_checkpoint,
 )
-from transformer.config import Config, ConfigError, DecodingConfig, ModelConfig, load_config
-from transformer.device import decoding_dtype, resolve_device
-from transformer.model import Transformer, build_model
-from transformer.search import Hypothesis, search
-from transformer.tokenizer import EOS_ID, TokenizerPair, load_tokenizers, with_vocabulary_sizes
 
 logger = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from pathlib import Path
 import sentencepiece as spm
 
 from transformer.config import ConfigError, ModelConfig, TokenizerConfig
+from transformer.data.special_ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from transformer.errors import UserError
 from transformer.files import atomic_write
-from transformer.special_ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from transformer.errors import UserError
 from transformer.files import atomic_write
 
 if TYPE_CHECKING:
-    from transformer.explain import Explanation
+    from transformer.explain.trace import Explanation
 
 PLOT_EXTRA = "pip install 'transformer[plot]'"
 DPI = 110

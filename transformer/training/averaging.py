@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from transformer.checkpoint import CheckpointError, checkpoint_dir, load_checkpoint
+from transformer.training.checkpoint import CheckpointError, checkpoint_dir, load_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -22,25 +22,25 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from transformer.batching import TokenBatchSampler
-from transformer.checkpoint import (
+from transformer.config import Config, TrainingConfig, config_changes, config_to_dict
+from transformer.data.batching import TokenBatchSampler
+from transformer.data.corpus import EncodedCorpus
+from transformer.data.tokenizer import PAD_ID, TokenizerPair
+from transformer.decoding.scoring import corpus_scores
+from transformer.decoding.search import greedy_search
+from transformer.errors import UserError
+from transformer.files import temporary_path
+from transformer.model import Transformer
+from transformer.runtime.device import autocast_dtype
+from transformer.training.checkpoint import (
     METRICS_FILE,
     checkpoint_dir,
     load_checkpoint,
     save_checkpoint,
 )
-from transformer.config import Config, TrainingConfig, config_changes, config_to_dict
-from transformer.data import EncodedCorpus
-from transformer.device import autocast_dtype
-from transformer.distributed import DistributedContext
-from transformer.errors import UserError
-from transformer.evaluate import corpus_scores
-from transformer.files import temporary_path
-from transformer.loss import TranslationLoss, label_smoothed_loss
-from transformer.model import Transformer
-from transformer.schedule import follows_the_clock, learning_rate
-from transformer.search import greedy_search
-from transformer.tokenizer import PAD_ID, TokenizerPair
+from transformer.training.distributed import DistributedContext
+from transformer.training.loss import TranslationLoss, label_smoothed_loss
+from transformer.training.schedule import follows_the_clock, learning_rate
 
 logger = logging.getLogger(__name__)
 

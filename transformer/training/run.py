@@ -12,13 +12,6 @@ from pathlib import Path
 
 import torch
 
-from transformer.checkpoint import (
-    CACHE_DIR,
-    CHECKPOINT_DIR,
-    CONFIG_FILE,
-    TOKENIZER_DIR,
-    checkpoint_dir,
-)
 from transformer.config import (
     Config,
     ConfigError,
@@ -27,20 +20,33 @@ from transformer.config import (
     load_config,
     save_config,
 )
-from transformer.data import DataError, EncodedCorpus, encode_corpus, iter_sentences, load_corpus
-from transformer.distributed import DistributedContext
-from transformer.errors import UserError
-from transformer.files import os_reason
-from transformer.lock import RunLock
-from transformer.model import Transformer
-from transformer.model import build_model as build_transformer
-from transformer.tokenizer import (
+from transformer.data.corpus import (
+    DataError,
+    EncodedCorpus,
+    encode_corpus,
+    iter_sentences,
+    load_corpus,
+)
+from transformer.data.tokenizer import (
     PAD_ID,
     TokenizerPair,
     load_tokenizers,
     train_tokenizers,
     with_vocabulary_sizes,
 )
+from transformer.errors import UserError
+from transformer.files import os_reason
+from transformer.model import Transformer
+from transformer.model import build_model as build_transformer
+from transformer.training.checkpoint import (
+    CACHE_DIR,
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    TOKENIZER_DIR,
+    checkpoint_dir,
+)
+from transformer.training.distributed import DistributedContext
+from transformer.training.lock import RunLock
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +152,8 @@ def check_resume_changes(saved: Config, config: Config, run_dir: Path) -> None:
 class RunDirectory:
     """A run directory while a training sets it up and uses it.
 
-    Rank 0 holds its lock (`transformer.lock`) until the end. Until `commit`, nothing of the
-    run is in place: a new tokenizer is trained into `staging`, config.yaml and train.log are
+    Rank 0 holds its lock (`transformer.training.lock`) until the end. Until `commit`, nothing
+    of the run is in place: a new tokenizer is trained into `staging`, config.yaml and train.log are
     not written; if setting up fails, what was created is removed again.
     """
 

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from transformer.config import DecodingConfig, check_length_penalty
+from transformer.data.special_ids import SpecialIds
 from transformer.errors import UserError
-from transformer.special_ids import SpecialIds
 
 
 class NonFiniteScoreError(UserError, ValueError):

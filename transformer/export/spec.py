@@ -37,11 +37,11 @@ import torch
 from torch import Tensor, nn
 
 from transformer.config import ModelConfig
+from transformer.data.tokenizer import BOS_PIECE, EOS_PIECE, UNK_PIECE
 from transformer.errors import UserError
 from transformer.model import Transformer
 from transformer.model.layers import FeedForward, RMSNorm, SwiGLUFeedForward
 from transformer.model.positions import BASE, sinusoidal_table
-from transformer.tokenizer import BOS_PIECE, EOS_PIECE, UNK_PIECE
 
 EXTRA = "pip install 'transformer[ctranslate2]'"
 
@@ -98,7 +98,7 @@ def check_exportable(config: ModelConfig) -> None:
             raise ExportError(
                 f"model.{field.name}: {value!r} cannot be exported to CTranslate2 (this "
                 "exporter does not know the option); train without it or extend "
-                "transformer/ctranslate2_spec.py"
+                "transformer/export/spec.py"
             )
 
 

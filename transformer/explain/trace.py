@@ -24,14 +24,14 @@ import torch
 from torch import Tensor
 
 from transformer.config import DecodingConfig
+from transformer.data.special_ids import BOS_ID, EOS_ID
+from transformer.data.tokenizer import BOS_PIECE, EOS_PIECE, Tokenizer
+from transformer.decoding.search import search
+from transformer.decoding.translator import Translator
 from transformer.errors import UserError
 from transformer.model import AttentionMaps, AttentionRecorder, MultiHeadAttention, Transformer
 from transformer.model.attention import attention_scores, scaled_dot_product_attention
 from transformer.model.layers import AddNorm, FeedForward, RMSNorm, SwiGLUFeedForward
-from transformer.search import search
-from transformer.special_ids import BOS_ID, EOS_ID
-from transformer.tokenizer import BOS_PIECE, EOS_PIECE, Tokenizer
-from transformer.translator import Translator
 
 TOP_ALTERNATIVES = 5
 _DIGITS = 5  # attention weights in the JSON: enough to draw, small enough to read

@@ -29,18 +29,18 @@ from typing import Any
 
 import torch
 
-from transformer.checkpoint import TOKENIZER_DIR, resolve_checkpoint
 from transformer.config import Config, ConfigError, config_from_dict, config_to_dict
-from transformer.ctranslate2_spec import (
+from transformer.data.special_ids import PAD_ID
+from transformer.data.tokenizer import JOINT_MODEL, SRC_MODEL, TGT_MODEL, Tokenizer
+from transformer.decoding.search import max_output_lengths
+from transformer.decoding.translator import Translator
+from transformer.export.spec import (
     ExportError,
     import_ctranslate2,
     transformer_spec,
 )
 from transformer.files import atomic_directory, sweep_temporaries
-from transformer.search import max_output_lengths
-from transformer.special_ids import PAD_ID
-from transformer.tokenizer import JOINT_MODEL, SRC_MODEL, TGT_MODEL, Tokenizer
-from transformer.translator import Translator
+from transformer.training.checkpoint import TOKENIZER_DIR, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,2 @@
+"""Text to token ids to batches: corpora and tables, SentencePiece tokenizers, special ids,
+token-budget batching."""

@@ -1,0 +1,1 @@
+"""Explaining: a sentence's path through the model, and attention heatmaps."""

@@ -1,0 +1,1 @@
+"""Exporting: a run as a CTranslate2 model, and decoding with it."""

@@ -1,0 +1,1 @@
+"""The machine: device choice, CPU threads, the allocator."""

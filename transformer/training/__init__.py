@@ -1,0 +1,2 @@
+"""Training: the loop, its loss and schedule, checkpoints, the run directory and its lock,
+several processes, checkpoint averaging."""
