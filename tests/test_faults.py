@@ -1,6 +1,6 @@
 """What happens when things go wrong: the commands as a user runs them, on small runs.
 
-Each test states a promise of the README's "What happens when things go wrong": a failed
+Each test states a promise of docs/faults.md ("What happens when things go wrong"): a failed
 command leaves every file as it was and says why in one `error:` line (exit code 2);
 an output is never the same file as an input; an interrupted training saves where it is
 and says how to continue; a diverging training stops and saves nothing non-finite; a run

@@ -1,7 +1,7 @@
 """A user's files, round two: what an export replaces, what an output may be, a full disk
 under `torch.save`, and the temporaries a `kill -9` leaves behind.
 
-Each test states a promise of the README's "What happens when things go wrong": a failed
+Each test states a promise of docs/faults.md ("What happens when things go wrong"): a failed
 command says why in one `error:` line (exit code 2) and leaves every file as it was.
 """
 

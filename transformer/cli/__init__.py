@@ -4,7 +4,7 @@ Every program imports this package before it imports torch: the one moment at wh
 way torch's OpenMP threads wait for work can still be chosen (the runtime reads it once,
 when torch loads it). Unless OMP_WAIT_POLICY is set, it is PASSIVE: a thread waiting for
 the others sleeps instead of spinning. On a CPU another program keeps busy, the spinning
-takes the very cores the other threads need (README: "Threads on a shared machine").
+takes the very cores the other threads need (docs/training.md: "Threads on a shared machine").
 The library itself (`import transformer.model`) sets nothing.
 
 It is also the first moment a Ctrl-C can be answered. A program spends its first seconds

@@ -28,7 +28,7 @@ What CTranslate2 is asked, to decode as `transformer.decoding.search` does:
   smoothing: too much for scores to agree to 1e-3). So PAD is not suppressed, and the rare
   sentence for which CTranslate2 writes PAD is decoded again with PAD suppressed.
 
-What still differs (see the README): CTranslate2 stops a sentence once `patience` ×
+What still differs (docs/ctranslate2.md): CTranslate2 stops a sentence once `patience` ×
 beam_size hypotheses have finished, ours once beam_size have and no live one can beat them
 (which takes longer the stronger the length penalty), so a few best outputs and more
 runners-up of n-best lists differ; PAD, when a beam merely considered it, and EOS
