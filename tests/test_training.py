@@ -19,8 +19,9 @@ from transformer.cli.train import main as train_main
 from transformer.config import load_config
 from transformer.training.checkpoint import load_checkpoint
 from transformer.training.distributed import DistributedContext
+from transformer.training.loss import label_smoothed_loss
 from transformer.training.run import build_model, prepare_data, resolve_model_config
-from transformer.training.trainer import Trainer, label_smoothed_loss
+from transformer.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"

@@ -1,17 +1,14 @@
-"""Training: the loss, the optimisation loop, validation, checkpoints and resumption.
+"""Training: the optimisation loop and its step, checkpoints of its state, and resumption.
 
-Shape legend: B batch, S source length, T target length, V target vocabulary.
+Validation lives in validation.py, which step files are kept in retention.py, the progress
+bar and log line in report.py; the loss in loss.py, the learning rate in schedule.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
-import math
-import os
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -20,16 +17,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from transformer.config import Config, TrainingConfig, config_changes, config_to_dict
-from transformer.data.batching import TokenBatchSampler
+from transformer.data.batching import Batch, TokenBatchSampler
 from transformer.data.corpus import EncodedCorpus
-from transformer.data.tokenizer import PAD_ID, TokenizerPair
-from transformer.decoding.scoring import corpus_scores
-from transformer.decoding.search import greedy_search
+from transformer.data.special_ids import PAD_ID
+from transformer.data.tokenizer import TokenizerPair
 from transformer.errors import UserError
-from transformer.files import temporary_path
 from transformer.model import Transformer
 from transformer.runtime.device import autocast_dtype
 from transformer.training.checkpoint import (
@@ -39,27 +33,15 @@ from transformer.training.checkpoint import (
     save_checkpoint,
 )
 from transformer.training.distributed import DistributedContext
-from transformer.training.loss import TranslationLoss, label_smoothed_loss
+from transformer.training.loss import TranslationLoss
+from transformer.training.report import StepReport
+from transformer.training.retention import CheckpointRetention
 from transformer.training.schedule import follows_the_clock, learning_rate
+from transformer.training.validation import MetricsLog, ValidationResult, Validator, log_validation
 
 logger = logging.getLogger(__name__)
 
 DIVERGED = "diverged"
-
-
-@dataclass
-class ValidationResult:
-    """What one validation measured."""
-
-    loss: float
-    perplexity: float
-    bleu: float | None = None
-    chrf: float | None = None
-    samples: list[tuple[str, str, str]] = field(default_factory=list)
-
-    def metric(self) -> float:
-        """Higher is better: BLEU when computed, else the negative loss."""
-        return self.bleu if self.bleu is not None else -self.loss
 
 
 @dataclass
@@ -79,6 +61,16 @@ class Progress:
     def to_dict(self) -> dict[str, Any]:
         """Plain values only, as `torch.load(weights_only=True)` requires."""
         return dataclasses.asdict(self)
+
+    def record_validation(self, metric: float) -> bool:
+        """Count a validation that scored `metric` (higher is better): whether it is the best."""
+        improved = self.best_metric is None or metric > self.best_metric
+        if improved:
+            self.best_metric = metric
+            self.evals_without_improvement = 0
+        else:
+            self.evals_without_improvement += 1
+        return improved
 
 
 @dataclass
@@ -129,14 +121,9 @@ class Trainer:
         self.stop = StopRequest()
         self.stop_reason = ""  # why `train` stopped, for the last log line
         self.saved_step = -1  # the step last.pt holds (when this process wrote it)
+        self.validated_step = -1  # the step of the last validation (or where `train` began)
         self.amp_dtype = autocast_dtype(self.cfg.precision, device)
-        self.optimizer = torch.optim.Adam(
-            model.parameters(),
-            lr=0.0,
-            betas=(self.cfg.optimizer_betas[0], self.cfg.optimizer_betas[1]),
-            eps=self.cfg.optimizer_eps,
-            weight_decay=self.cfg.weight_decay,
-        )
+        self.optimizer = self._optimizer()
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.sampler = TokenBatchSampler(
             train_data.src_lengths,
@@ -147,14 +134,274 @@ class Trainer:
             rank=self.context.rank,
             world_size=self.context.world_size,
         )
-        self.network: nn.Module = TranslationLoss(
-            model, self.cfg.label_smoothing, PAD_ID, fast=self.cfg.fast
+        self.network = self._network()
+        self.validator: Validator | None = None
+        if valid_data is not None:
+            self.validator = Validator(
+                model, valid_data, tokenizers, self.cfg, config.decoding, device, self.autocast
+            )
+        self.metrics = MetricsLog(self.run_dir / METRICS_FILE)
+        self.retention = CheckpointRetention(checkpoint_dir(self.run_dir), self.cfg.keep_best)
+
+    def _optimizer(self) -> torch.optim.Adam:
+        """Adam with the config's betas, eps and weight decay; the schedule sets its lr."""
+        return torch.optim.Adam(
+            self.model.parameters(),
+            lr=0.0,
+            betas=(self.cfg.optimizer_betas[0], self.cfg.optimizer_betas[1]),
+            eps=self.cfg.optimizer_eps,
+            weight_decay=self.cfg.weight_decay,
+        )
+
+    def _network(self) -> nn.Module:
+        """The model with its loss, wrapped for DDP and compiled as the config asks."""
+        network: nn.Module = TranslationLoss(
+            self.model, self.cfg.label_smoothing, PAD_ID, fast=self.cfg.fast
         )
         if self.context.enabled:
-            ids = [device.index] if device.type == "cuda" else None
-            self.network = nn.parallel.DistributedDataParallel(self.network, device_ids=ids)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            network = nn.parallel.DistributedDataParallel(network, device_ids=ids)
         if self.cfg.compile:
-            self.network = torch.compile(self.network)
+            network = torch.compile(network)
+        return network
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self, stop: StopRequest | None = None) -> Progress:
+        """Train until a limit, early stopping, a stop request, or divergence.
+
+        The limits are max_steps, max_epochs and max_time_minutes; time counts across
+        resumptions (`progress.train_seconds` is saved in checkpoints), and each is checked
+        before the first step too, so a resumed run with a raised limit continues and one
+        with a reached limit stops at once. `stop` (set from a signal) ends training at the
+        next step boundary with last.pt saved. Too many non-finite steps in a row raise
+        `DivergenceError`. `self.stop_reason` and the last log line say why training stopped.
+        """
+        self.stop = stop or StopRequest()
+        show_bar = self.cfg.progress_bar and self.context.is_main
+        self.report = StepReport(self.cfg, self.progress.step, show_bar, self.device)
+        self.validated_step = self.progress.step
+        started = time.perf_counter() - self.progress.train_seconds
+        reason = self.limit_reached()
+        while reason is None:
+            reason = self.train_epoch(started)
+        self.report.close()
+        self.finish(reason)
+        return self.progress
+
+    def train_epoch(self, started: float) -> str | None:
+        """Train on the rest of the epoch: why to stop, or None when it ended within the limits.
+
+        `started` is the `time.perf_counter()` at which training would have begun had it
+        never paused.
+        """
+        progress = self.progress
+        batches = self.sampler.batches(progress.epoch)
+        while progress.next_batch < len(batches):
+            group = batches[progress.next_batch : progress.next_batch + self.cfg.accumulate_steps]
+            loss_sum, tokens = self.train_step(group)
+            progress.next_batch += len(group)
+            progress.train_seconds = time.perf_counter() - started
+            reason = self.after_step(loss_sum, tokens)
+            if reason is not None:
+                return reason
+        progress.epoch += 1
+        progress.next_batch = 0
+        return self.limit_reached()
+
+    def after_step(self, loss_sum: Tensor, tokens: int) -> str | None:
+        """Report the step, then validate or save when due; why to stop now, if training should.
+
+        A validation uses the training loss of the last window the report read.
+        """
+        cfg, progress = self.cfg, self.progress
+        self.report.add(loss_sum, tokens, self.optimizer.param_groups[0]["lr"])
+        if progress.bad_steps_in_a_row >= cfg.max_bad_steps:
+            return DIVERGED
+        self.report.show(progress.step, progress.epoch)
+        if progress.step % cfg.eval_every == 0:
+            self.validated_step = progress.step
+            if self.evaluate_and_save():
+                return (
+                    f"early stopping: no improvement in {cfg.early_stopping_patience} validations "
+                    "(training.early_stopping_patience)"
+                )
+        elif cfg.save_every and progress.step % cfg.save_every == 0:
+            self.save(None)
+        if self.stop_requested():
+            return f"interrupted by {signal.Signals(self.stop.signum).name}"
+        return self.limit_reached()
+
+    def finish(self, reason: str) -> None:
+        """Save what stopping for `reason` leaves unsaved, and log the last line.
+
+        An interruption saves last.pt; a limit or early stopping validates the last step
+        (unless it just was); a divergence saves nothing and raises `DivergenceError`.
+        """
+        self.stop_reason = reason
+        if reason == DIVERGED:
+            self.log_stop()
+            raise self.diverged(
+                f"{self.cfg.max_bad_steps} steps in a row had a non-finite loss or gradient norm "
+                f"(training.max_bad_steps; {self.progress.skipped_steps} skipped in all)"
+            )
+        if reason.startswith("interrupted"):
+            if self.saved_step != self.progress.step:
+                self.save(None)
+        elif self.validated_step != self.progress.step:
+            self.evaluate_and_save()
+        self.log_stop()
+
+    def limit_reached(self) -> str | None:
+        """Which of max_steps, max_epochs and max_time_minutes is reached, if any."""
+        cfg, progress = self.cfg, self.progress
+        if progress.step >= cfg.max_steps:
+            return f"reached training.max_steps ({cfg.max_steps})"
+        if progress.epoch >= cfg.max_epochs:
+            return f"reached training.max_epochs ({cfg.max_epochs})"
+        if 0 < cfg.max_time_minutes * 60 <= progress.train_seconds:
+            return f"reached training.max_time_minutes ({cfg.max_time_minutes:g})"
+        return None
+
+    def stop_requested(self) -> bool:
+        """Whether to stop now; with several processes, all agree (every 10th step)."""
+        requested = self.stop.signum is not None
+        if not self.context.enabled:
+            return requested
+        if self.progress.step % 10 or not self.context.any_rank(requested, self.device):
+            return False
+        if self.stop.signum is None:  # another process was asked
+            self.stop.signum = signal.SIGTERM
+        return True
+
+    def log_stop(self) -> None:
+        """The last log line of every training: where and why it stopped."""
+        logger.info(
+            "training stopped at step %d (epoch %d) after %.1f s: %s",
+            self.progress.step,
+            self.progress.epoch + 1,
+            self.progress.train_seconds,
+            self.stop_reason,
+        )
+
+    # ------------------------------------------------------------------ the step
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The one mixed-precision context (a no-op in fp32)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train_step(self, batches: list[list[int]]) -> tuple[Tensor, int]:
+        """One optimizer step over `batches` (gradient accumulation).
+
+        Returns the summed loss as a tensor on the device and the number of target tokens.
+        A step whose loss or gradient norm is not finite changes nothing but the step count
+        (reading the two flags is the step's one wait for the GPU).
+        """
+        if not self.model.training:  # validation switched to eval; .train() walks every module
+            self.network.train()
+        pin = self.device.type == "cuda"
+        collated = []
+        for indices in batches:
+            batch = self.train_data.collate(indices, PAD_ID)
+            collated.append((batch.pin_memory() if pin else batch).to(self.device))
+        num_tokens = sum(batch.num_target_tokens for batch in collated)
+        loss_total = self.backward(collated, num_tokens)
+        step = self.progress.step + 1
+        seconds = 0.0
+        if follows_the_clock(self.cfg):  # every rank must use rank 0's clock, or they drift
+            seconds = self.context.broadcast_number(self.progress.train_seconds, self.device)
+        lr = learning_rate(step, self.cfg, self.config.model.d_model, seconds)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.update(step, loss_total)
+        self.progress.step = step
+        return loss_total, num_tokens
+
+    def backward(self, collated: list[Batch], num_tokens: int) -> Tensor:
+        """Accumulate the gradients of the per-token loss over `collated`; the summed loss.
+
+        With DDP the gradients are averaged across processes once, after the last batch.
+        """
+        loss_total = torch.zeros((), device=self.device)
+        for k, batch in enumerate(collated):
+            last = k == len(collated) - 1
+            sync = self.context.enabled and not last
+            with self.network.no_sync() if sync else contextlib.nullcontext():  # type: ignore[operator]
+                with self.autocast():
+                    loss = self.network(batch.src, batch.tgt_in, batch.tgt_out)  # summed
+                self.scaler.scale(loss / max(num_tokens, 1)).backward()
+            loss_total += loss.detach()
+        return loss_total
+
+    def update(self, step: int, loss_total: Tensor) -> None:
+        """Apply the accumulated gradients, unless the loss or their norm is not finite."""
+        self.scaler.unscale_(self.optimizer)  # true gradients for the norm (no-op in fp32)
+        norm = self.gradient_norm()
+        loss_finite, norm_finite = torch.stack([loss_total.isfinite(), norm.isfinite()]).tolist()
+        if loss_finite and norm_finite:
+            self.scaler.step(self.optimizer)
+            self.progress.bad_steps_in_a_row = 0
+        elif not loss_finite or not self.scaler.is_enabled():
+            # With fp16 an overflowing gradient alone is the scaler's business: it skips the
+            # step and lowers its scale. Anything else non-finite is a bad step.
+            self.progress.skipped_steps += 1
+            self.progress.bad_steps_in_a_row += 1
+            logger.warning(
+                "step %d: non-finite %s; update skipped (%d in a row; training.max_bad_steps %d)",
+                step,
+                "loss" if not loss_finite else "gradient norm",
+                self.progress.bad_steps_in_a_row,
+                self.cfg.max_bad_steps,
+            )
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def gradient_norm(self) -> Tensor:
+        """The gradients' total norm (before clipping them to training.clip_grad_norm, if set)."""
+        if self.cfg.clip_grad_norm > 0:
+            return nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return nn.utils.get_total_norm(grads)
+
+    # ------------------------------------------------------------------ validation
+
+    def validate(self) -> ValidationResult | None:
+        """Validate on the valid corpus; None without one, or when a stop request cut it short."""
+        if self.validator is None:
+            return None
+        return self.validator.validate(lambda: self.stop.signum is not None)
+
+    def evaluate_and_save(self) -> bool:
+        """Validate (rank 0), checkpoint, and say whether early stopping ends `train`."""
+        stop = False
+        if self.context.is_main:
+            result = self.validate()
+            improved = False
+            if result is not None:
+                progress = self.progress
+                log_validation(progress.step, result)
+                self.metrics.append(
+                    result,
+                    step=progress.step,
+                    epoch=progress.epoch + 1,
+                    elapsed=progress.train_seconds,
+                    lr=self.report.lr,
+                    train_loss=self.report.train_loss,
+                )
+                improved = self.progress.record_validation(result.metric())
+                stop = self.patience_ran_out()
+            self.save(result, improved)
+        return self.context.broadcast_flag(stop, self.device)
+
+    def patience_ran_out(self) -> bool:
+        """Whether training.early_stopping_patience validations in a row brought no improvement."""
+        patience = self.cfg.early_stopping_patience
+        if patience and self.progress.evals_without_improvement >= patience:
+            logger.info("early stopping: no improvement in %d validations", patience)
+            return True
+        return False
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -222,27 +469,16 @@ class Trainer:
             return
         if not self.parameters_finite():
             raise self.diverged("the parameters hold non-finite values")
-        directory = checkpoint_dir(self.run_dir)
-        keep_name, dropped = None, []
-        if result is not None and self.cfg.keep_best > 0:
-            keep_name = f"step_{self.progress.step:08d}.pt"
-            ranked = sorted(
-                self.progress.kept + [[result.metric(), keep_name]], key=lambda kv: -kv[0]
-            )
-            self.progress.kept, dropped = ranked[: self.cfg.keep_best], ranked[self.cfg.keep_best :]
-            if all(name != keep_name for _, name in self.progress.kept):
-                keep_name = None
+        plan = None
+        if result is not None:
+            plan = self.retention.plan(self.progress.kept, self.progress.step, result.metric())
+            self.progress.kept = plan.kept
         state = self.state_dict()
         if result is not None:
             state["metrics"] = {"loss": result.loss, "bleu": result.bleu, "chrf": result.chrf}
-        last = directory / "last.pt"
+        last = checkpoint_dir(self.run_dir) / "last.pt"
         save_checkpoint(state, last)
-        if keep_name:
-            link_checkpoint(last, directory / keep_name)
-        for _, name in dropped:
-            (directory / name).unlink(missing_ok=True)
-        if improved:
-            link_checkpoint(last, directory / "best.pt")
+        self.retention.apply(last, plan, improved)
         self.saved_step = self.progress.step
 
     def parameters_finite(self) -> bool:
@@ -267,315 +503,3 @@ class Trainer:
             f"saved. Lower training.{key} (now {value:g}) or raise training.warmup_steps (now "
             f"{self.cfg.warmup_steps}): {since}"
         )
-
-    # ------------------------------------------------------------------ steps
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """The one mixed-precision context (a no-op in fp32)."""
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def train_step(self, batches: list[list[int]]) -> tuple[Tensor, int]:
-        """One optimizer step over `batches` (gradient accumulation).
-
-        Returns the summed loss as a tensor on the device and the number of target tokens.
-        A step whose loss or gradient norm is not finite changes nothing but the step count
-        (reading the two flags is the step's one wait for the GPU).
-        """
-        if not self.model.training:  # validation switched to eval; .train() walks every module
-            self.network.train()
-        pin = self.device.type == "cuda"
-        collated = []
-        for indices in batches:
-            batch = self.train_data.collate(indices, PAD_ID)
-            collated.append((batch.pin_memory() if pin else batch).to(self.device))
-        num_tokens = sum(batch.num_target_tokens for batch in collated)
-        loss_total = torch.zeros((), device=self.device)
-        for k, batch in enumerate(collated):
-            last = k == len(collated) - 1
-            sync = self.context.enabled and not last
-            with self.network.no_sync() if sync else contextlib.nullcontext():  # type: ignore[operator]
-                with self.autocast():
-                    loss = self.network(batch.src, batch.tgt_in, batch.tgt_out)  # summed
-                self.scaler.scale(loss / max(num_tokens, 1)).backward()
-            loss_total += loss.detach()
-        step = self.progress.step + 1
-        seconds = 0.0
-        if follows_the_clock(self.cfg):  # every rank must use rank 0's clock, or they drift
-            seconds = self.context.broadcast_number(self.progress.train_seconds, self.device)
-        lr = learning_rate(step, self.cfg, self.config.model.d_model, seconds)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.scaler.unscale_(self.optimizer)  # true gradients for the norm (no-op in fp32)
-        norm = self.gradient_norm()
-        loss_finite, norm_finite = torch.stack([loss_total.isfinite(), norm.isfinite()]).tolist()
-        if loss_finite and norm_finite:
-            self.scaler.step(self.optimizer)
-            self.progress.bad_steps_in_a_row = 0
-        elif not loss_finite or not self.scaler.is_enabled():
-            # With fp16 an overflowing gradient alone is the scaler's business: it skips the
-            # step and lowers its scale. Anything else non-finite is a bad step.
-            self.progress.skipped_steps += 1
-            self.progress.bad_steps_in_a_row += 1
-            logger.warning(
-                "step %d: non-finite %s; update skipped (%d in a row; training.max_bad_steps %d)",
-                step,
-                "loss" if not loss_finite else "gradient norm",
-                self.progress.bad_steps_in_a_row,
-                self.cfg.max_bad_steps,
-            )
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.progress.step = step
-        return loss_total, num_tokens
-
-    def gradient_norm(self) -> Tensor:
-        """The gradients' total norm (before clipping them to training.clip_grad_norm, if set)."""
-        if self.cfg.clip_grad_norm > 0:
-            return nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        return nn.utils.get_total_norm(grads)
-
-    # ------------------------------------------------------------------ validation
-
-    @torch.inference_mode()
-    def validate(self) -> ValidationResult | None:
-        """Loss, perplexity and (optionally) BLEU/chrF of greedy translations of the valid set."""
-        if self.valid_data is None or len(self.valid_data) == 0:
-            return None
-        self.model.eval()
-        sampler = TokenBatchSampler(
-            self.valid_data.src_lengths,
-            self.valid_data.tgt_lengths,
-            batch_tokens=self.cfg.batch_tokens,
-            seed=0,
-            shuffle=False,
-        )
-        nll_sum, tokens = 0.0, 0
-        hypotheses: dict[int, str] = {}
-        for indices in sampler.batches(0):
-            if self.stop.signum is not None:  # asked to stop: save without waiting for this
-                logger.info("validation cut short: stopping")
-                return None
-            batch = self.valid_data.collate(indices, PAD_ID).to(self.device)
-            with self.autocast():
-                logits = self.model(batch.src, batch.tgt_in)
-                nll_sum += float(label_smoothed_loss(logits, batch.tgt_out, 0.0, PAD_ID))
-            tokens += batch.num_target_tokens
-            if self.cfg.eval_bleu:
-                decoding = self.config.decoding
-                with self.autocast():
-                    outputs = greedy_search(
-                        self.model,
-                        batch.src,
-                        max_len_a=decoding.max_len_a,
-                        max_len_b=decoding.max_len_b,
-                    )
-                for index, hypothesis in zip(indices, outputs, strict=True):
-                    hypotheses[index] = self.tokenizers.tgt.decode(hypothesis[0].tokens)
-        loss = nll_sum / max(tokens, 1)
-        result = ValidationResult(loss=loss, perplexity=math.exp(min(loss, 50.0)))
-        if self.cfg.eval_bleu:
-            order = range(len(self.valid_data))
-            hyps = [hypotheses[i] for i in order]
-            refs = [self.valid_data.tgt_texts[i] for i in order]
-            scores = corpus_scores(hyps, [refs])
-            result.bleu, result.chrf = scores.bleu, scores.chrf
-            result.samples = [
-                (self.valid_data.src_texts[i], refs[i], hyps[i])
-                for i in list(order)[: self.cfg.eval_samples]
-            ]
-        return result
-
-    def record(
-        self, result: ValidationResult, train_loss: float, lr: float, elapsed: float
-    ) -> None:
-        """Log a validation and append it to metrics.jsonl."""
-        bleu = "" if result.bleu is None else f" BLEU {result.bleu:.2f} chrF {result.chrf:.2f}"
-        logger.info(
-            "step %d: valid loss %.3f ppl %.2f%s",
-            self.progress.step,
-            result.loss,
-            result.perplexity,
-            bleu,
-        )
-        for source, reference, hypothesis in result.samples:
-            logger.info("  source:     %s", source)
-            logger.info("  reference:  %s", reference)
-            logger.info("  hypothesis: %s", hypothesis)
-        entry = {
-            "step": self.progress.step,
-            "epoch": self.progress.epoch + 1,
-            "elapsed_s": round(elapsed, 2),
-            "lr": lr,
-            "train_loss": train_loss,
-            "valid_loss": result.loss,
-            "valid_ppl": result.perplexity,
-            "bleu": result.bleu,
-            "chrf": result.chrf,
-        }
-        with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
-
-    def evaluate_and_save(self, train_loss: float, lr: float, elapsed: float) -> bool:
-        """Validate (rank 0), checkpoint, and say whether early stopping ends training."""
-        stop = False
-        if self.context.is_main:
-            result = self.validate()
-            improved = False
-            if result is not None:
-                self.record(result, train_loss, lr, elapsed)
-                best = self.progress.best_metric
-                improved = best is None or result.metric() > best
-                if improved:
-                    self.progress.best_metric = result.metric()
-                    self.progress.evals_without_improvement = 0
-                else:
-                    self.progress.evals_without_improvement += 1
-                patience = self.cfg.early_stopping_patience
-                if patience and self.progress.evals_without_improvement >= patience:
-                    logger.info("early stopping: no improvement in %d validations", patience)
-                    stop = True
-            self.save(result, improved)
-        return self.context.broadcast_flag(stop, self.device)
-
-    # ------------------------------------------------------------------ the loop
-
-    def train(self, stop: StopRequest | None = None) -> Progress:
-        """Train until a limit, early stopping, a stop request, or divergence.
-
-        The limits are max_steps, max_epochs and max_time_minutes; time counts across
-        resumptions (`progress.train_seconds` is saved in checkpoints), and each is checked
-        before the first step too, so a resumed run with a raised limit continues and one
-        with a reached limit stops at once. `stop` (set from a signal) ends training at the
-        next step boundary with last.pt saved. Too many non-finite steps in a row raise
-        `DivergenceError`. `self.stop_reason` and the last log line say why training stopped.
-        """
-        cfg, progress = self.cfg, self.progress
-        self.stop = stop or StopRequest()
-        start_time = time.perf_counter() - progress.train_seconds
-        bar = tqdm(
-            total=cfg.max_steps,
-            initial=progress.step,
-            disable=None if (cfg.progress_bar and self.context.is_main) else True,
-            dynamic_ncols=True,
-            unit="step",
-        )
-        window_loss = torch.zeros((), device=self.device)  # summed on the device: no waiting
-        window_tokens, window_start = 0, time.perf_counter()
-        last_eval_step = progress.step
-        train_loss, lr = math.nan, 0.0
-        reason = self.limit_reached()
-        while reason is None:
-            batches = self.sampler.batches(progress.epoch)
-            while progress.next_batch < len(batches):
-                group = batches[progress.next_batch : progress.next_batch + cfg.accumulate_steps]
-                loss_sum, tokens = self.train_step(group)
-                progress.next_batch += len(group)
-                progress.train_seconds = time.perf_counter() - start_time
-                window_loss += loss_sum
-                window_tokens += tokens
-                lr = self.optimizer.param_groups[0]["lr"]
-                bar.update(1)
-                if progress.bad_steps_in_a_row >= cfg.max_bad_steps:
-                    reason = DIVERGED
-                    break
-                log_now = progress.step % cfg.log_every == 0
-                if log_now or progress.step % cfg.eval_every == 0 or progress.step % 10 == 0:
-                    train_loss = float(window_loss) / max(window_tokens, 1)  # waits for the GPU
-                    rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-                    bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
-                if log_now:
-                    logger.info(
-                        "step %d epoch %d: loss %.3f lr %.2e %.0f target tokens/s",
-                        progress.step,
-                        progress.epoch + 1,
-                        train_loss,
-                        lr,
-                        rate,
-                    )
-                    window_loss.zero_()
-                    window_tokens, window_start = 0, time.perf_counter()
-                if progress.step % cfg.eval_every == 0:
-                    last_eval_step = progress.step
-                    if self.evaluate_and_save(train_loss, lr, progress.train_seconds):
-                        reason = (
-                            "early stopping: no improvement in "
-                            f"{cfg.early_stopping_patience} validations "
-                            "(training.early_stopping_patience)"
-                        )
-                        break
-                elif cfg.save_every and progress.step % cfg.save_every == 0:
-                    self.save(None)
-                if self.stop_requested():
-                    reason = f"interrupted by {signal.Signals(self.stop.signum).name}"
-                    break
-                reason = self.limit_reached()
-                if reason is not None:
-                    break
-            else:
-                progress.epoch += 1
-                progress.next_batch = 0
-                reason = self.limit_reached()
-        bar.close()
-        self.stop_reason = reason
-        if reason == DIVERGED:
-            self.log_stop()
-            raise self.diverged(
-                f"{cfg.max_bad_steps} steps in a row had a non-finite loss or gradient norm "
-                f"(training.max_bad_steps; {progress.skipped_steps} skipped in all)"
-            )
-        if reason.startswith("interrupted"):
-            if self.saved_step != progress.step:
-                self.save(None)
-        elif last_eval_step != progress.step:
-            self.evaluate_and_save(train_loss, lr, progress.train_seconds)
-        self.log_stop()
-        return progress
-
-    def limit_reached(self) -> str | None:
-        """Which of max_steps, max_epochs and max_time_minutes is reached, if any."""
-        cfg, progress = self.cfg, self.progress
-        if progress.step >= cfg.max_steps:
-            return f"reached training.max_steps ({cfg.max_steps})"
-        if progress.epoch >= cfg.max_epochs:
-            return f"reached training.max_epochs ({cfg.max_epochs})"
-        if 0 < cfg.max_time_minutes * 60 <= progress.train_seconds:
-            return f"reached training.max_time_minutes ({cfg.max_time_minutes:g})"
-        return None
-
-    def stop_requested(self) -> bool:
-        """Whether to stop now; with several processes, all agree (every 10th step)."""
-        requested = self.stop.signum is not None
-        if not self.context.enabled:
-            return requested
-        if self.progress.step % 10 or not self.context.any_rank(requested, self.device):
-            return False
-        if self.stop.signum is None:  # another process was asked
-            self.stop.signum = signal.SIGTERM
-        return True
-
-    def log_stop(self) -> None:
-        """The last log line of every training: where and why it stopped."""
-        logger.info(
-            "training stopped at step %d (epoch %d) after %.1f s: %s",
-            self.progress.step,
-            self.progress.epoch + 1,
-            self.progress.train_seconds,
-            self.stop_reason,
-        )
-
-
-def link_checkpoint(source: Path, target: Path) -> None:
-    """Make `target` name the same file as `source`, atomically (a copy where links fail)."""
-    temporary = temporary_path(target)  # a kill leaves it for the next write here to sweep
-    try:
-        try:
-            os.link(source, temporary)
-        except OSError:
-            shutil.copyfile(source, temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
