@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_scripts import load_script
 from tiny_runs import PAIRS, VOCAB_SIZE, tiny_model_config
 
+import benchmarks.serve as benchmark  # its server control and load client serve here too
 from transformer.cli.serve import main as serve_main
 from transformer.cli.train import main as train_main
 from transformer.decoding.translator import Translator
@@ -36,7 +36,6 @@ from transformer.serve.app import create_app  # noqa: E402
 from transformer.serve.settings import ServeSettings  # noqa: E402
 
 SOURCES = [source for source, _ in PAIRS]
-benchmark = load_script("benchmark_serve")  # its server control and load client serve here too
 TRAIN_STEPS = 120  # enough for a tiny model to learn the twenty pairs by heart (~2 s)
 LIMITS = ServeSettings(max_texts=8, max_request_bytes=4096, max_beam_size=6)
 
