@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_training import ROOT, tiny_config
+from tiny_runs import ROOT, tiny_config
 
 from transformer.cli.train import main as train_main
 from transformer.config import load_config
