@@ -11,6 +11,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the subprocesses t
 torch.set_num_threads(1)
 
 
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads, and lose a lot on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def restore_logging() -> Iterator[None]:
     """Commands run in-process set up logging for their program: undo it after each test."""

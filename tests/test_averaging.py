@@ -6,18 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_translate_cli import (
-    call_main,
-    single_thread,  # noqa: F401 (an autouse fixture)
-    tiny_model,
-)
-from tiny_runs import make_tiny_run
+from tiny_runs import call_main, make_tiny_run, tiny_model
 
 from transformer.cli.average import main
 from transformer.decoding.translator import Translator
 from transformer.model import Transformer
 from transformer.training.averaging import average_checkpoints, select_best, select_last
 from transformer.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
 
 def save_model(path: Path, model: Transformer, step: int, bleu: float | None = None) -> Path:

@@ -1,8 +1,7 @@
-"""scripts/benchmark_peers.py: our model and MarianMTModel get the same shape and batches."""
+"""benchmarks/peers.py: our model and MarianMTModel get the same shape and batches."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import subprocess
 import sys
@@ -11,19 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_peers.py"
+import benchmarks.peers as peers
 
-
-def load() -> object:
-    spec = importlib.util.spec_from_file_location("benchmark_peers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_padded_batch_shifts_the_target_behind_bos() -> None:
-    peers = load()
     src, tgt_in, tgt_out = peers.padded_batch([[5, 6, 3], [7, 3]], [[8, 9, 3], [10, 3]])
     assert src.tolist() == [[5, 6, 3], [7, 3, 0]]
     assert tgt_out.tolist() == [[8, 9, 3], [10, 3, 0]]
@@ -32,7 +24,6 @@ def test_a_padded_batch_shifts_the_target_behind_bos() -> None:
 
 def test_both_models_start_near_the_uniform_loss_and_have_the_same_trainable_parameters():
     pytest.importorskip("transformers")
-    peers = load()
     ours, marian = peers.our_model(), peers.marian_model()
     objective = peers.TranslationLoss(ours, peers.LABEL_SMOOTHING, peers.PAD_ID)
     src, tgt_in, tgt_out = peers.padded_batch([[5, 6, 3]], [[8, 9, 3]])
@@ -48,8 +39,8 @@ def test_both_models_start_near_the_uniform_loss_and_have_the_same_trainable_par
 @pytest.mark.slow
 def test_the_script_prints_its_table_and_the_ratio_line() -> None:
     pytest.importorskip("transformers")
-    command = [sys.executable, str(SCRIPT), "--steps", "1", "--warmup", "0", "--rounds", "1",
-               "--sentences", "64"]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    command = [sys.executable, "-m", "benchmarks.peers", "--steps", "1", "--warmup", "0",
+               "--rounds", "1", "--sentences", "64"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1].startswith("training ours/MarianMT: ")

@@ -8,7 +8,6 @@ hold for any model (lengths, PAD, order, formats) are tested on random tiny mode
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import logging
 import sys
@@ -19,6 +18,7 @@ import pytest
 import torch
 from tiny_runs import make_tiny_run
 
+import benchmarks.decode as decode_benchmark
 from transformer.cli.evaluate import main as evaluate_main
 from transformer.cli.train import main as train_main
 from transformer.cli.translate import main as translate_main
@@ -302,17 +302,12 @@ def test_without_ctranslate2_the_engine_names_the_extra_and_pytorch_still_works(
 
 
 def test_decode_benchmark_adds_ctranslate2_rows_for_both_weights_and_worker_counts(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = importlib.util.spec_from_file_location("_bench", ROOT / "scripts/benchmark_decode.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "_bench", bench)  # dataclasses look their module up
-    spec.loader.exec_module(bench)
     argv = ["--data", tmp_path, "--sentences", "12", "--uncached-sentences", "6", "--batch-size"]
     argv += ["6", "--length", "3", "--beam", "2", "--cpu-only", "--rounds", "1", "--threads"]
     argv += ["1", "--vocab-size", "300", "--with-ctranslate2"]
-    assert bench.main([str(arg) for arg in argv]) == 0
+    assert decode_benchmark.main([str(arg) for arg in argv]) == 0
     out = capsys.readouterr().out
     table = out[out.index("CTranslate2 ") :].splitlines()[2:]
     rows = [(" ".join(line.split()[:-6]), line.split()[-6], line.split()[-5]) for line in table]

@@ -10,15 +10,13 @@ from pathlib import Path
 
 import pytest
 import sacrebleu
-from test_translate_cli import (
-    call_main,
-    single_thread,  # noqa: F401 (an autouse fixture)
-)
-from tiny_runs import PAIRS, make_tiny_run
+from tiny_runs import PAIRS, call_main, make_tiny_run
 
 from transformer.cli.evaluate import main
 from transformer.decoding.scoring import corpus_scores, score
 from transformer.decoding.translator import Translator
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
 HYPOTHESES = [
     "The cat sat on the mat.",

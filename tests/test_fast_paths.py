@@ -158,9 +158,7 @@ def test_training_builds_the_fast_paths_unless_training_fast_is_false(
         "projected_label_smoothed_loss",
         counted("projected loss", loss_module.projected_label_smoothed_loss),
     )
-    monkeypatch.setattr(
-        fast_module, "_onednn_matmul", counted("oneDNN", fast_module._onednn_matmul)
-    )
+    monkeypatch.setattr(fast_module, "onednn_matmul", counted("oneDNN", fast_module.onednn_matmul))
     monkeypatch.setattr(
         fast_module, "keyed_dropout_mask", counted("keyed mask", fast_module.keyed_dropout_mask)
     )

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_training import ROOT, tiny_config
+from tiny_runs import ROOT, tiny_config
 
 from transformer.cli.train import main as train_main
 from transformer.config import load_config
@@ -616,13 +616,10 @@ def _parser_calls(path: Path) -> list[ast.Call]:
     ]
 
 
-# The benchmark scripts belong to the model and search work, which adds the flag there.
-NOT_YET = {"benchmark_decode.py", "benchmark_model.py", "benchmark_train.py"}
-
-
 def test_every_command_line_parser_refuses_abbreviated_flags() -> None:
     files = [*(ROOT / "transformer").rglob("*.py"), *(ROOT / "scripts").glob("*.py")]
-    calls = {path: _parser_calls(path) for path in files if path.name not in NOT_YET}
+    files += [*(ROOT / "benchmarks").glob("*.py"), ROOT / "data" / "make_corpus.py"]
+    calls = {path: _parser_calls(path) for path in files}
     assert sum(map(len, calls.values())) >= 7
     for name, found in calls.items():
         for call in found:

@@ -125,7 +125,7 @@ def test_where_onednn_does_not_pay_linear_is_f_linear_bit_for_bit(
     def no_onednn(*args: object) -> None:
         raise AssertionError("oneDNN called where it does not pay")
 
-    monkeypatch.setattr(linear_module, "_onednn_matmul", no_onednn)
+    monkeypatch.setattr(linear_module, "onednn_matmul", no_onednn)
     torch.manual_seed(4)
     weight, bias = torch.randn(256, 256), torch.randn(256)
     few_rows = torch.randn(3, 5, 256)  # 15 rows
@@ -148,10 +148,10 @@ def test_a_training_batch_takes_the_fast_path_with_few_product_shapes(
     # oneDNN compiles and keeps kernels for every shape it multiplies: batches of 1,024 to
     # 1,279 rows must reach it as one number of rows (1,024; the rest goes to MKL).
     row_counts: set[int] = set()
-    real = linear_module._onednn_matmul
+    real = linear_module.onednn_matmul
     monkeypatch.setattr(
         linear_module,
-        "_onednn_matmul",
+        "onednn_matmul",
         lambda x, *rest: row_counts.add(x.size(0)) or real(x, *rest),
     )
     layer = FastLinear(256, 1024)

@@ -1,4 +1,4 @@
-"""The scripts: prepare_multi30k, plot_metrics, benchmark_train, benchmark_decode."""
+"""The scripts (prepare_multi30k, plot_metrics) and benchmarks (train, decode, linear)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
+import benchmarks.decode
+import benchmarks.linear
+import benchmarks.train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_COUNTS = {"train": 5, "val": 3, "test_2016_flickr": 2}
@@ -45,12 +49,12 @@ def plot() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    return load_script("benchmark_train")
+    return benchmarks.train
 
 
 @pytest.fixture(scope="module")
 def decode_bench() -> ModuleType:
-    return load_script("benchmark_decode")
+    return benchmarks.decode
 
 
 def gz_lines(lines: list[str]) -> bytes:
@@ -259,7 +263,7 @@ def test_labels_must_match_the_runs(plot, tmp_path, capsys):
     assert "one label per run" in one_error_line(capsys.readouterr().err)
 
 
-# --------------------------------------------------------------------------- benchmark_train
+# --------------------------------------------------------------------------- benchmarks.train
 
 
 def test_synthetic_batch_is_padded_like_a_real_batch(bench):
@@ -381,7 +385,7 @@ def test_benchmark_with_a_bad_config_is_a_one_line_error(bench, tmp_path, capsys
     assert "missing.yaml" in one_error_line(capsys.readouterr().err)
 
 
-# -------------------------------------------------------------------------- benchmark_decode
+# -------------------------------------------------------------------------- benchmarks.decode
 
 
 def test_decode_benchmark_prints_every_mode_and_the_cache_speedup(decode_bench, tmp_path, capsys):
@@ -418,8 +422,7 @@ def test_decode_timing_keeps_each_batchs_fastest_round(decode_bench, monkeypatch
 
 
 def test_linear_benchmark_times_both_libraries_and_names_the_training_path(monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # it imports benchmark_attention
-    linear_bench = load_script("benchmark_linear")
+    linear_bench = benchmarks.linear
     small = ["--threads", "1", "--d-model", "16", "--d-ff", "32", "--vocab", "64", "--repeats", "1"]
     assert linear_bench.main(small) == 0
     out = capsys.readouterr().out

@@ -8,10 +8,8 @@ comes from the same `Translator` or `explain` called directly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
-import logging
 import socket
 import sys
 import urllib.request
@@ -20,12 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import yaml
-from test_scripts import load_script
-from tiny_runs import PAIRS, VOCAB_SIZE, tiny_model_config
+from tiny_runs import PAIRS, kept_logging, train_tiny_run
 
+import benchmarks.serve as benchmark  # its server control and load client serve here too
 from transformer.cli.serve import main as serve_main
-from transformer.cli.train import main as train_main
 from transformer.decoding.translator import Translator
 from transformer.explain.trace import explain
 
@@ -36,54 +32,7 @@ from transformer.serve.app import create_app  # noqa: E402
 from transformer.serve.settings import ServeSettings  # noqa: E402
 
 SOURCES = [source for source, _ in PAIRS]
-benchmark = load_script("benchmark_serve")  # its server control and load client serve here too
-TRAIN_STEPS = 120  # enough for a tiny model to learn the twenty pairs by heart (~2 s)
 LIMITS = ServeSettings(max_texts=8, max_request_bytes=4096, max_beam_size=6)
-
-
-def train_tiny_run(directory: Path) -> Path:
-    """A run whose tiny model, trained by transformer-train, translates the pairs of `tiny_runs`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    sources, targets = zip(*PAIRS, strict=True)
-    (directory / "train.en").write_text("\n".join(sources) + "\n", encoding="utf-8")
-    (directory / "train.de").write_text("\n".join(targets) + "\n", encoding="utf-8")
-    corpus = {"src_path": str(directory / "train.en"), "tgt_path": str(directory / "train.de")}
-    config = {
-        "model": dataclasses.asdict(tiny_model_config(num_encoder_layers=2)),
-        "tokenizer": {"vocab_size": VOCAB_SIZE},
-        "data": {"train": corpus, "valid": corpus, "cache_dir": str(directory / "cache")},
-        "training": {
-            "device": "cpu",
-            "max_steps": TRAIN_STEPS,
-            "max_epochs": TRAIN_STEPS,  # the twenty pairs are one batch: one step per epoch
-            "max_time_minutes": 0,
-            "batch_tokens": 1000,
-            "schedule": "constant",
-            "lr": 3e-3,
-            "warmup_steps": 10,
-            "label_smoothing": 0.0,
-            "eval_every": 100000,
-            "eval_bleu": False,
-            "progress_bar": False,
-        },
-        "decoding": {"beam_size": 2, "max_len_a": 1.0, "max_len_b": 5},
-    }
-    path = directory / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    with kept_logging():
-        assert train_main(["--config", str(path), "--run-dir", str(directory / "run")]) == 0
-    return directory / "run"
-
-
-@contextlib.contextmanager
-def kept_logging() -> Iterator[None]:
-    """The commands set up logging for themselves; give the other tests theirs back."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:], root.level = handlers, level
 
 
 @pytest.fixture(autouse=True)

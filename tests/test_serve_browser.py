@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_serve import benchmark, train_tiny_run
+from tiny_runs import train_tiny_run
+
+import benchmarks.serve as benchmark  # its server control serves here too
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -28,6 +30,7 @@ CHROMIUM_ARGS = [
 ]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
+pytest.importorskip("fastapi", reason="the serve extra: pip install -e '.[serve]'")
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed: pip install -e '.[dev]'"
 )

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny_runs import ROOT, tiny_config
 
 from transformer.cli.train import main as train_main
 from transformer.config import load_config
@@ -22,48 +23,6 @@ from transformer.training.distributed import DistributedContext
 from transformer.training.loss import label_smoothed_loss
 from transformer.training.run import build_model, prepare_data, resolve_model_config
 from transformer.training.trainer import Trainer
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data"
-
-
-def tiny_config(tmp_path: Path, **sections: dict) -> Path:
-    """A config for a tiny model on the shipped corpus; `sections` update its sections."""
-    config = {
-        "model": {
-            "d_model": 32,
-            "num_heads": 2,
-            "d_ff": 64,
-            "num_encoder_layers": 1,
-            "num_decoder_layers": 1,
-            "dropout": 0.1,
-            "share_embeddings": True,
-        },
-        "tokenizer": {"vocab_size": 200},
-        "data": {
-            "train": {"src_path": str(DATA / "train.en"), "tgt_path": str(DATA / "train.de")},
-            "valid": {"src_path": str(DATA / "valid.en"), "tgt_path": str(DATA / "valid.de")},
-            "cache_dir": str(tmp_path / "cache"),
-        },
-        "training": {
-            "device": "cpu",
-            "max_steps": 20,
-            "batch_tokens": 600,
-            "schedule": "inverse_sqrt",
-            "lr": 3e-3,
-            "warmup_steps": 5,
-            "eval_every": 1000,
-            "log_every": 5,
-            "eval_bleu": False,
-            "progress_bar": False,
-        },
-        "decoding": {"beam_size": 1, "max_len_a": 1.0, "max_len_b": 5},
-    }
-    for section, values in sections.items():
-        config[section].update(values)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
 
 
 def model_parameters(run_dir: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:

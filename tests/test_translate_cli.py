@@ -14,18 +14,16 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 import torch
-from tiny_runs import make_tiny_run, tiny_model_config
+from tiny_runs import call_main, make_tiny_run, tiny_model
 
 from transformer.cli.translate import main
 from transformer.data.batching import token_batches
 from transformer.data.tokenizer import load_tokenizers
 from transformer.decoding.translator import Translator
-from transformer.model import Transformer
 from transformer.training.checkpoint import save_checkpoint
 
 LINES = [
@@ -37,22 +35,7 @@ LINES = [
     "my brother reads a book about the station",
     "i",
 ]
-
-
-def tiny_model(seed: int = 0, **changes: object) -> Transformer:
-    """A randomly initialised tiny Transformer (deterministic for a seed)."""
-    torch.manual_seed(seed)
-    return Transformer(tiny_model_config(**changes))
-
-
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and lose a lot on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -71,21 +54,6 @@ def texts(translator: Translator, lines: list[str], **decoding: object) -> list[
     """The best translation of each line, as the library computes it."""
     config = dataclasses.replace(translator.config.decoding, **decoding)
     return [nbest[0].text for nbest in translator.translate(lines, config)]
-
-
-def call_main(entry: Callable[[list[str]], int], argv: Sequence[object]) -> int:
-    """Run a command's `main` in-process, then restore the logging setup it replaced.
-
-    `setup_logging` binds a handler to the current (captured) stderr, which pytest closes
-    after the test; leaving it would break logging in later tests.
-    """
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        return entry([str(arg) for arg in argv])
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:

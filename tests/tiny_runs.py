@@ -1,11 +1,22 @@
-"""Small run directories for tests: a SentencePiece trained on a few pairs and a tiny model."""
+"""What the test modules share: small run directories (a SentencePiece trained on a few pairs
+and a tiny model), tiny configs and models, and commands called in-process.
+
+No test module imports another: a helper two of them need lives here (plain functions and
+constants) or in conftest.py (fixtures).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
+import yaml
 
+from transformer.cli.train import main as train_main
 from transformer.config import (
     Config,
     DecodingConfig,
@@ -18,7 +29,10 @@ from transformer.data.tokenizer import train_tokenizers
 from transformer.model import Transformer
 from transformer.training.checkpoint import save_checkpoint
 
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"
 VOCAB_SIZE = 64
+TRAIN_STEPS = 120  # enough for a tiny model to learn the twenty pairs by heart (~2 s)
 PAIRS = [
     ("how are you", "wie geht es dir"),
     ("the house is small", "das haus ist klein"),
@@ -81,3 +95,103 @@ def make_tiny_run(run_dir: Path, seed: int = 0, **model_changes: object) -> Path
     for name in ("best.pt", "last.pt"):
         save_checkpoint(state, run_dir / "checkpoints" / name)
     return run_dir
+
+
+def tiny_model(seed: int = 0, **changes: object) -> Transformer:
+    """A randomly initialised tiny Transformer (deterministic for a seed)."""
+    torch.manual_seed(seed)
+    return Transformer(tiny_model_config(**changes))
+
+
+def tiny_config(tmp_path: Path, **sections: dict) -> Path:
+    """A config for a tiny model on the shipped corpus; `sections` update its sections."""
+    config = {
+        "model": {
+            "d_model": 32,
+            "num_heads": 2,
+            "d_ff": 64,
+            "num_encoder_layers": 1,
+            "num_decoder_layers": 1,
+            "dropout": 0.1,
+            "share_embeddings": True,
+        },
+        "tokenizer": {"vocab_size": 200},
+        "data": {
+            "train": {"src_path": str(DATA / "train.en"), "tgt_path": str(DATA / "train.de")},
+            "valid": {"src_path": str(DATA / "valid.en"), "tgt_path": str(DATA / "valid.de")},
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "training": {
+            "device": "cpu",
+            "max_steps": 20,
+            "batch_tokens": 600,
+            "schedule": "inverse_sqrt",
+            "lr": 3e-3,
+            "warmup_steps": 5,
+            "eval_every": 1000,
+            "log_every": 5,
+            "eval_bleu": False,
+            "progress_bar": False,
+        },
+        "decoding": {"beam_size": 1, "max_len_a": 1.0, "max_len_b": 5},
+    }
+    for section, values in sections.items():
+        config[section].update(values)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+@contextlib.contextmanager
+def kept_logging() -> Iterator[None]:
+    """The commands set up logging for themselves; give the other tests theirs back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:], root.level = handlers, level
+
+
+def call_main(entry: Callable[[list[str]], int], argv: Sequence[object]) -> int:
+    """Run a command's `main` in-process, then restore the logging setup it replaced.
+
+    `setup_logging` binds a handler to the current (captured) stderr, which pytest closes
+    after the test; leaving it would break logging in later tests.
+    """
+    with kept_logging():
+        return entry([str(arg) for arg in argv])
+
+
+def train_tiny_run(directory: Path) -> Path:
+    """A run whose tiny model, trained by transformer-train, translates `PAIRS`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    sources, targets = zip(*PAIRS, strict=True)
+    (directory / "train.en").write_text("\n".join(sources) + "\n", encoding="utf-8")
+    (directory / "train.de").write_text("\n".join(targets) + "\n", encoding="utf-8")
+    corpus = {"src_path": str(directory / "train.en"), "tgt_path": str(directory / "train.de")}
+    config = {
+        "model": dataclasses.asdict(tiny_model_config(num_encoder_layers=2)),
+        "tokenizer": {"vocab_size": VOCAB_SIZE},
+        "data": {"train": corpus, "valid": corpus, "cache_dir": str(directory / "cache")},
+        "training": {
+            "device": "cpu",
+            "max_steps": TRAIN_STEPS,
+            "max_epochs": TRAIN_STEPS,  # the twenty pairs are one batch: one step per epoch
+            "max_time_minutes": 0,
+            "batch_tokens": 1000,
+            "schedule": "constant",
+            "lr": 3e-3,
+            "warmup_steps": 10,
+            "label_smoothing": 0.0,
+            "eval_every": 100000,
+            "eval_bleu": False,
+            "progress_bar": False,
+        },
+        "decoding": {"beam_size": 2, "max_len_a": 1.0, "max_len_b": 5},
+    }
+    path = directory / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    with kept_logging():
+        assert train_main(["--config", str(path), "--run-dir", str(directory / "run")]) == 0
+    return directory / "run"

@@ -13,7 +13,7 @@ weights (logits, loss, gradients, greedy and beam search).
    computes float32 products with MKL's sgemm; PyTorch also ships oneDNN, whose float32
    products of a training step's shapes are faster on the AMD EPYC (Zen 4) we measure on:
    4,096 rows × 256 → 1,024 at 170–185 GFLOP/s on two cores against MKL's 100–130, the output
-   layer's 256 rows × 256 → 8,000 at 175 against 106 (`python scripts/benchmark_linear.py`).
+   layer's 256 rows × 256 → 8,000 at 175 against 106 (`python -m benchmarks.linear`).
    `onednn_linear` computes x Wᵀ + b in float32 (IEEE products, not bf16 or tf32 ones): the
    product and the gradient of x through oneDNN, the gradient of W (a long sum over the rows,
    where MKL is as fast) through MKL. oneDNN compiles kernels for every shape it multiplies
@@ -39,7 +39,7 @@ weights (logits, loss, gradients, greedy and beam search).
 3. Attention (`FastAttention`). On a CPU the fused kernel works in blocks of queries and
    keys, and its fixed cost per block outweighs the work when there are few keys (Tk ≤ 32:
    forward and backward 1.2–1.9× faster written out at 4,096 tokens a batch on two cores,
-   1.0–1.35× on one; `python scripts/benchmark_attention.py`), or few queries at inference
+   1.0–1.35× on one; `python -m benchmarks.attention`), or few queries at inference
    (a decoding step: one query per hypothesis), several times over: there the written-out
    formula is used (`written_out_is_faster`). And when the G beams of each sentence read its
    one row of encoder output (cross-attention in beam search), the paper's layer repeats the
@@ -86,7 +86,7 @@ def onednn_linear_pays(x: Tensor, weight: Tensor, training: bool) -> bool:
     large and their shapes few), float32 on a CPU, outside autocast (which runs F.linear in
     its own dtype) and torch.compile (which picks its own kernels), for MIN_ROWS rows or more,
     or a multiple of ROW_STEP (the training loss's blocks): below that, with rows left over
-    for MKL, the two calls cost more than oneDNN saves (`scripts/benchmark_linear.py`)."""
+    for MKL, the two calls cost more than oneDNN saves (`python -m benchmarks.linear`)."""
     rows = x.numel() // max(1, x.size(-1))
     return (
         training
@@ -99,8 +99,9 @@ def onednn_linear_pays(x: Tensor, weight: Tensor, training: bool) -> bool:
     )
 
 
-def _onednn_matmul(rows: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """oneDNN's x Wᵀ + b: (N, d_in), (d_out, d_in), (d_out,) -> (N, d_out)."""
+def onednn_matmul(rows: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """oneDNN's x Wᵀ + b: (N, d_in), (d_out, d_in), (d_out,) -> (N, d_out), for any N (the
+    kernel alone, as `python -m benchmarks.linear` times it; `onednn_linear` is the layer's)."""
     return torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
 
 
@@ -112,7 +113,7 @@ def _onednn_product(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     main = rows.size(0) - rows.size(0) % ROW_STEP
     if main == 0:
         return F.linear(x, weight, bias)
-    y = _onednn_matmul(rows[:main], weight, bias)  # (main, d_out)
+    y = onednn_matmul(rows[:main], weight, bias)  # (main, d_out)
     if main < rows.size(0):
         y = torch.cat([y, F.linear(rows[main:], weight, bias)])  # (N, d_out)
     return y.view(*x.shape[:-1], weight.size(0))

@@ -4,7 +4,7 @@ glibc's malloc serves blocks over 128 KiB with fresh pages from the operating sy
 returns them when they are freed. A training step allocates and frees its activations, some
 hundred megabytes, so every step faults all of them in again, each page zeroed by the
 kernel: 27,000 page faults a step on the d_model 256 Multi30k shape of
-`scripts/benchmark_peers.py`, about 200 after `keep_freed_memory` (which raises the size
+`python -m benchmarks.peers`, about 200 after `keep_freed_memory` (which raises the size
 served from fresh pages to glibc's maximum, 32 MiB, and the free memory kept at the top of
 the heap to 1 GiB). The training command calls it once at its start; the memory kept is
 what the step's peak needed anyway.

@@ -15,9 +15,9 @@ hand-written service phrases).
 
 Usage::
 
-    python scripts/make_corpus.py            # write data/{train,valid,test}.{en,de}
-    python scripts/make_corpus.py --show 60  # also print 60 random pairs per family
-    python scripts/make_corpus.py --dry-run  # check only, write nothing
+    python data/make_corpus.py            # write data/{train,valid,test}.{en,de}
+    python data/make_corpus.py --show 60  # also print 60 random pairs per family
+    python data/make_corpus.py --dry-run  # check only, write nothing
 
 Standard library only, deterministic for a fixed seed.
 """
@@ -33,8 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SEED = 20240611
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "data"
+DATA = Path(__file__).resolve().parent  # this script lives beside the corpus it writes
 HANDWRITTEN = DATA / "handwritten.tsv"
 
 VALID_FRACTION = 0.05

@@ -20,15 +20,14 @@ weights, `transformer.export.spec`) and the same batches are decoded by
 `ctranslate2.Translator` with the options of `--engine ctranslate2`, on the same threads (one
 batch at a time, and `--workers` batches at once): a second table compares it with ours.
 
-    python scripts/benchmark_decode.py            # the full run, CPU with 2 threads (+ CUDA)
-    python scripts/benchmark_decode.py --quick    # 128 sentences, a smoke test
-    python scripts/benchmark_decode.py --with-ctranslate2   # + CTranslate2 (its extra installed)
+    python -m benchmarks.decode            # the full run, CPU with 2 threads (+ CUDA)
+    python -m benchmarks.decode --quick    # 128 sentences, a smoke test
+    python -m benchmarks.decode --with-ctranslate2   # + CTranslate2 (its extra installed)
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import math
 import os
 import random
@@ -44,16 +43,22 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from transformer.config import DecodingConfig, ModelConfig
+from benchmarks.common import (
+    FIRST_WORD_ID,
+    MULTI30K,
+    add_threads_flag,
+    model_config,
+    read_gzip_lines,
+    synchronize,
+)
+from transformer.config import DecodingConfig
+from transformer.data.special_ids import EOS_ID, PAD_ID
 from transformer.decoding.search import beam_search, greedy_search
 from transformer.errors import UserError
 from transformer.export.engine import search_options
 from transformer.export.spec import import_ctranslate2, transformer_spec
 from transformer.model import Transformer, build_model
 
-PAD_ID, EOS_ID, FIRST_WORD_ID = 0, 3, 4
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "multi30k"
 TEST_FILE = "test_2016_flickr.en.gz"
 
 
@@ -90,9 +95,7 @@ def read_sentences(data_dir: Path, limit: int) -> tuple[list[str], str]:
     """The first `limit` test sentences, or synthetic ones when the file is missing."""
     path = data_dir / TEST_FILE
     if path.is_file():
-        with gzip.open(path, "rt", encoding="utf-8") as file:
-            lines = [line.strip() for line in file][:limit]
-        return lines, str(path)
+        return read_gzip_lines(path, limit), str(path)
     rng = random.Random(0)
     words = [f"w{i}" for i in range(5000)]
     lines = [" ".join(rng.choices(words, k=rng.randint(5, 20))) for _ in range(limit)]
@@ -120,23 +123,7 @@ def batches(sentences: list[list[int]], batch_size: int, device: torch.device) -
 def random_model(vocab_size: int, seed: int) -> Transformer:
     """The benchmark's model, randomly initialised, in eval mode."""
     torch.manual_seed(seed)
-    config = ModelConfig(
-        src_vocab_size=vocab_size,
-        tgt_vocab_size=vocab_size,
-        d_model=256,
-        num_heads=4,
-        d_ff=1024,
-        num_encoder_layers=3,
-        num_decoder_layers=3,
-        share_embeddings=True,
-    )
-    return build_model(config).eval()
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work so that the clock measures it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return build_model(model_config(vocab_size)).eval()
 
 
 def time_decoding(
@@ -360,7 +347,7 @@ def _print_table(results: list[Result]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Parse the options and run the benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Multi30k folder")
+    parser.add_argument("--data", type=Path, default=MULTI30K, help="Multi30k folder")
     parser.add_argument("--sentences", type=int, default=1000, help="how many to decode")
     parser.add_argument("--quick", action="store_true", help="only 128 sentences")
     parser.add_argument(
@@ -373,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--length", type=int, default=20, help="forced output length")
     parser.add_argument("--vocab-size", type=int, default=8000)
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    add_threads_flag(parser)
     parser.add_argument(
         "--workers",
         type=int,

@@ -20,9 +20,9 @@ length) in batches of 64, every output
 forced to 20 tokens; ours `greedy_search` / `beam_search`, Marian `generate` with its cache
 (num_beams 1 or 5, min_new_tokens = max_new_tokens = 20).
 
-    python scripts/benchmark_peers.py                       # 2 threads, 20 steps, 2 rounds
-    python scripts/benchmark_peers.py --threads 1 --steps 30 --rounds 3
-    python scripts/benchmark_peers.py --no-decoding
+    python -m benchmarks.peers                       # 2 threads, 20 steps, 2 rounds
+    python -m benchmarks.peers --threads 1 --steps 30 --rounds 3
+    python -m benchmarks.peers --no-decoding
 
 Needs `transformers` (pip install -e '.[bench]'); without it, only our rows are printed.
 The last line reads `training ours/MarianMT: X.XX×`.
@@ -31,13 +31,8 @@ The last line reads `training ours/MarianMT: X.XX×`.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
-import os
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +40,19 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from transformer.config import ModelConfig
+from benchmarks.common import (
+    FIRST_WORD_ID,
+    MULTI30K,
+    add_threads_flag,
+    as_flags,
+    cpu_name,
+    current_rss_mib,
+    model_config,
+    peak_rss_mib,
+    read_gzip_lines,
+    round_order,
+    run_worker,
+)
 from transformer.data.batching import TokenBatchSampler
 from transformer.data.special_ids import BOS_ID, EOS_ID, PAD_ID
 from transformer.decoding.search import beam_search, greedy_search
@@ -53,8 +60,6 @@ from transformer.model import build_model
 from transformer.runtime.memory import keep_freed_memory
 from transformer.training.loss import TranslationLoss, label_smoothed_loss
 
-REPO = Path(__file__).resolve().parents[1]
-MULTI30K = REPO.parent / "shared" / "data" / "multi30k"
 VOCAB, D_MODEL, HEADS, D_FF, LAYERS = 8000, 256, 4, 1024, 3
 BATCH_TOKENS = 4096
 LABEL_SMOOTHING = 0.1
@@ -64,19 +69,7 @@ IMPLEMENTATIONS = ("ours", "marian")
 
 def our_model() -> nn.Module:
     """Ours: the shape above, post-norm, ReLU, shared tied embeddings."""
-    config = ModelConfig(
-        src_vocab_size=VOCAB,
-        tgt_vocab_size=VOCAB,
-        d_model=D_MODEL,
-        num_heads=HEADS,
-        d_ff=D_FF,
-        num_encoder_layers=LAYERS,
-        num_decoder_layers=LAYERS,
-        dropout=0.1,
-        share_embeddings=True,
-        tie_output_embeddings=True,
-    )
-    return build_model(config)
+    return build_model(model_config(VOCAB, D_MODEL, HEADS, D_FF, LAYERS, dropout=0.1))
 
 
 def marian_model() -> nn.Module:
@@ -129,12 +122,6 @@ def summed_loss(
 # ------------------------------------------------------------------------------------ batches
 
 
-def read_lines(path: Path, limit: int | None = None) -> list[str]:
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        lines = [line.rstrip("\n") for line in handle]
-    return lines[:limit] if limit else lines
-
-
 def make_data(
     count: int, sentences: int, directory: Path
 ) -> tuple[list[tuple[Tensor, Tensor, Tensor]], list[Tensor], str]:
@@ -143,17 +130,20 @@ def make_data(
         from transformer.config import TokenizerConfig
         from transformer.data.tokenizer import train_tokenizers
 
-        english, german = read_lines(MULTI30K / "train.en.gz"), read_lines(MULTI30K / "train.de.gz")
+        english = read_gzip_lines(MULTI30K / "train.en.gz")
+        german = read_gzip_lines(MULTI30K / "train.de.gz")
         tokenizers = train_tokenizers(TokenizerConfig(vocab_size=VOCAB), english, german, directory)
         src_ids = tokenizers.src.encode_batch(english)
         tgt_ids = tokenizers.tgt.encode_batch(german)
-        test_ids = tokenizers.src.encode_batch(read_lines(MULTI30K / "test_2016_flickr.en.gz"))
+        test_ids = tokenizers.src.encode_batch(read_gzip_lines(MULTI30K / "test_2016_flickr.en.gz"))
         where = "Multi30k en-de"
     else:  # synthetic sentences of Multi30k's lengths (about 16 pieces, 14 to 40)
         g = torch.Generator().manual_seed(0)
         lengths = torch.randint(8, 30, (29_000,), generator=g).tolist()
-        src_ids = [torch.randint(4, VOCAB, (n,), generator=g).tolist() for n in lengths]
-        tgt_ids = [torch.randint(4, VOCAB, (n + 2,), generator=g).tolist() for n in lengths]
+        src_ids = [torch.randint(FIRST_WORD_ID, VOCAB, (n,), generator=g).tolist() for n in lengths]
+        tgt_ids = [
+            torch.randint(FIRST_WORD_ID, VOCAB, (n + 2,), generator=g).tolist() for n in lengths
+        ]
         test_ids = src_ids[:1000]
         where = "synthetic (no Multi30k at ../shared/data/multi30k)"
     src_ids = [ids + [EOS_ID] for ids in src_ids]
@@ -182,11 +172,6 @@ def padded_batch(src: list[list[int]], tgt: list[list[int]]) -> tuple[Tensor, Te
 
 
 # ------------------------------------------------------------------------------------ workers
-
-
-def current_rss_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def measure_training(
@@ -223,7 +208,7 @@ def measure_training(
             times.append(time.perf_counter() - start)
             tokens.append(count)
     per_token = statistics.median(t / n for t, n in zip(times, tokens, strict=True))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline
+    peak = peak_rss_mib() - baseline
     return {"tokens_per_s": 1 / per_token, "memory_mib": peak, "warmup_s": warmup_s}
 
 
@@ -253,14 +238,12 @@ def measure_decoding(impl: str, data: Path, beam: int) -> dict[str, float]:
     return {"sentences_per_s": sentences / (time.perf_counter() - start)}
 
 
-def run_worker(args: argparse.Namespace, data: Path, impl: str, task: str) -> dict[str, float]:
-    command = [sys.executable, os.path.abspath(__file__), "--worker", task, "--impl", impl,
-               "--data", str(data), "--threads", str(args.threads), "--steps", str(args.steps),
-               "--warmup", str(args.warmup)] + (["--compile"] if args.compile else [])  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"error: the {impl} {task} run failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def measure_in_worker(args: argparse.Namespace, data: Path, impl: str, task: str) -> dict:
+    """One model's training or decoding in a fresh subprocess, so that its memory is its own."""
+    arguments = ["--worker", task, "--impl", impl, "--data", str(data)]
+    arguments += as_flags(args, ("threads", "steps", "warmup"))
+    arguments += ["--compile"] if args.compile else []
+    return run_worker("benchmarks.peers", arguments, f"{impl} {task}")
 
 
 def has_transformers() -> bool:
@@ -273,7 +256,7 @@ def has_transformers() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    add_threads_flag(parser)
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; best kept")
@@ -313,9 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         best: dict[tuple[str, str], dict[str, float]] = {}
         for round_index in range(args.rounds):
             for task in tasks:
-                order = impls if round_index % 2 == 0 else impls[::-1]
-                for impl in order:
-                    result = run_worker(args, data, impl, task)
+                for impl in round_order(impls, round_index):
+                    result = measure_in_worker(args, data, impl, task)
                     key, metric = (impl, task), next(iter(result))
                     if key not in best or result[metric] > best[key][metric]:
                         best[key] = result
@@ -339,20 +321,6 @@ def main(argv: list[str] | None = None) -> int:
         ratio = best[("ours", "train")]["tokens_per_s"] / best[("marian", "train")]["tokens_per_s"]
         print(f"training ours/MarianMT: {ratio:.2f}×")
     return 0
-
-
-def cpu_name() -> str:
-    """The CPU's model name and whether it has AVX-512 (with bf16) or only AVX2."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
-                 if line.startswith("model name")), "unknown")  # fmt: skip
-    flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
-    simd = "AVX-512 + bf16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags else (
-        "AVX2" if "avx2" in flags else "no AVX2")  # fmt: skip
-    return f"{name} ({simd})"
 
 
 if __name__ == "__main__":

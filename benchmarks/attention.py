@@ -7,33 +7,20 @@ the rows padded from 3T/4) and with the causal mask; the median of --repeats run
 and backward each. The last column says which path `written_out_is_faster` takes in
 training: this table is where its threshold comes from.
 
-    python scripts/benchmark_attention.py                      # 2 threads, H 4, d_k 64
-    python scripts/benchmark_attention.py --threads 1 --heads 8
+    python -m benchmarks.attention                   # 2 threads, H 4, d_k 64
+    python -m benchmarks.attention --threads 1 --heads 8
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from benchmarks.common import add_threads_flag, milliseconds
 from transformer.model.attention import causal_mask, fused_attention, scaled_dot_product_attention
 from transformer.model.fast import written_out_is_faster
-
-
-def milliseconds(run: Callable[[], None], repeats: int) -> float:
-    """Median wall time of `run` in ms, after two untimed runs."""
-    run(), run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 def through_fused(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, grad: Tensor) -> None:
@@ -46,7 +33,7 @@ def through_written_out(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, grad: Ten
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-    parser.add_argument("--threads", type=int, default=2)
+    add_threads_flag(parser)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--d-k", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=4096)

@@ -9,8 +9,8 @@ through `F.linear` and through `onednn_linear` (oneDNN for the first multiple of
 rows, MKL for the rest). The last
 column is the path `onednn_linear_pays` takes in training.
 
-    python scripts/benchmark_linear.py                 # 2 threads, d_model 256, d_ff 1024
-    python scripts/benchmark_linear.py --threads 1 --d-model 512 --d-ff 2048
+    python -m benchmarks.linear              # 2 threads, d_model 256, d_ff 1024
+    python -m benchmarks.linear --threads 1 --d-model 512 --d-ff 2048
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from benchmark_attention import milliseconds  # scripts/ is the script's folder
 from torch import Tensor
 
+from benchmarks.common import add_threads_flag, milliseconds
 from transformer.model.fast import (
     ROW_STEP,
-    _onednn_matmul,
     onednn_available,
     onednn_linear,
     onednn_linear_pays,
+    onednn_matmul,
 )
 
 
@@ -41,7 +41,7 @@ def with_backward(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-    parser.add_argument("--threads", type=int, default=2)
+    add_threads_flag(parser)
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--d-ff", type=int, default=1024)
     parser.add_argument("--vocab", type=int, default=8000)
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         w, b = torch.randn(d_out, d_in) / d_in**0.5, torch.randn(d_out)
         with torch.inference_mode():
             mkl = milliseconds(lambda x=x, w=w, b=b: F.linear(x, w, b), args.repeats)
-            dnn = milliseconds(lambda x=x, w=w, b=b: _onednn_matmul(x, w, b), args.repeats)
+            dnn = milliseconds(lambda x=x, w=w, b=b: onednn_matmul(x, w, b), args.repeats)
         line = f"{name:>6} {rows:>5} {d_in:>5} {d_out:>5} {mkl:>8.3f} {dnn:>8.3f} {mkl / dnn:>6.2f}"
         if rows >= ROW_STEP:
             x.requires_grad_(), w.requires_grad_(), b.requires_grad_()

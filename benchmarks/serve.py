@@ -14,9 +14,9 @@ how many translations are identical (the same search code decodes both). Everyth
 127.0.0.1 and stops by itself: the load ends after `--requests`, and `--timeout` bounds each
 load.
 
-    python scripts/benchmark_serve.py --run runs/toy                  # 1,000 requests, 32 clients
-    python scripts/benchmark_serve.py --run runs/toy --requests 200 --clients 8
-    python scripts/benchmark_serve.py --run runs/toy --serve-option=--workers=1
+    python -m benchmarks.serve --run runs/toy                  # 1,000 requests, 32 clients
+    python -m benchmarks.serve --run runs/toy --requests 200 --clients 8
+    python -m benchmarks.serve --run runs/toy --serve-option=--workers=1
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import re
 import signal
 import socket
 import statistics
@@ -37,7 +35,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import REPO, cpu_name
+
 HOST = "127.0.0.1"
 
 
@@ -71,19 +70,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.requests < 1 or args.clients < 1:
         parser.error("--requests and --clients must be >= 1")
     return args
-
-
-def cpu_name() -> str:
-    """The CPU's model name, its core count and its vector extensions."""
-    try:
-        info = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return f"unknown CPU, {os.cpu_count()} cores"
-    name = re.search(r"^model name\s*:\s*(.+)$", info, re.MULTILINE)
-    flags = set(re.search(r"^flags\s*:\s*(.+)$", info, re.MULTILINE).group(1).split())
-    wanted = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
-    model = name.group(1).strip() if name else "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores, {' '.join(wanted) or 'no avx2'}"
 
 
 def sentences(path: Path, count: int) -> list[str]:

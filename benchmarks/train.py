@@ -12,9 +12,9 @@ random ids with exactly the shapes (sentences, source and target lengths, paddin
 batches the pipeline trains on, so both do the same arithmetic on the same token budget and
 the difference is what the pipeline adds (data, collate, copies, the loop's bookkeeping).
 
-    python scripts/benchmark_train.py                          # Multi30k en-de, CPU [+ CUDA]
-    python scripts/benchmark_train.py --steps 60 --warmup 5 --rounds 2
-    python scripts/benchmark_train.py --set training.precision=bf16 --devices cuda
+    python -m benchmarks.train                          # Multi30k en-de, CPU [+ CUDA]
+    python -m benchmarks.train --steps 60 --warmup 5 --rounds 2
+    python -m benchmarks.train --set training.precision=bf16 --devices cuda
 
 Speeds count only the timed steps after the warm-up, each from its start to the start of the
 next, so the loop's own work between steps is counted. On CPU the rates come from the median
@@ -38,9 +38,6 @@ import dataclasses
 import json
 import logging
 import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -51,11 +48,23 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from benchmarks.common import (
+    FIRST_WORD_ID,
+    add_threads_flag,
+    as_flags,
+    current_rss_mib,
+    peak_rss_mib,
+    reset_peak_rss,
+    round_order,
+    run_worker,
+    synchronize,
+)
 from transformer.cli.common import add_override_flag, run_command
 from transformer.config import Config, load_config
 from transformer.data.batching import TokenBatchSampler
 from transformer.data.corpus import EncodedCorpus
-from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerPair
+from transformer.data.special_ids import BOS_ID, EOS_ID, PAD_ID
+from transformer.data.tokenizer import TokenizerPair
 from transformer.model import Transformer
 from transformer.runtime.device import autocast_dtype, resolve_device
 from transformer.training.distributed import DistributedContext
@@ -65,7 +74,6 @@ from transformer.training.trainer import Trainer, ValidationResult
 
 KINDS = ("pipeline", "bare step")
 DEFAULT_CONFIG = Path("configs/multi30k_en_de.yaml")
-FIRST_WORD_ID = 4  # ids below are PAD, UNK, BOS, EOS
 TARGET_OVERHEAD = 0.10  # the pipeline may be at most this much slower than the bare step
 
 
@@ -160,32 +168,6 @@ def benchmark_config(path: Path, overrides: Sequence[str], device: str, total_st
 # --------------------------------------------------------------------------- memory
 
 
-def current_rss_mib() -> float:
-    """Resident set size of this process now, in MiB (Linux)."""
-    with open("/proc/self/statm") as statm:
-        pages = int(statm.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def reset_peak_rss() -> bool:
-    """Restart the kernel's peak-RSS count (VmHWM) at the current size, where Linux allows."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-    except OSError:
-        return False
-    return True
-
-
-def peak_rss_mib() -> float:
-    """The peak resident set size (VmHWM; the process's lifetime peak where it is absent)."""
-    with contextlib.suppress(OSError), open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 class MemoryMeter:
     """Peak memory of what happens after `start`: CPU resident set or CUDA allocations."""
 
@@ -196,7 +178,7 @@ class MemoryMeter:
     def start(self) -> None:
         """Take the baseline and restart the peak count."""
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.baseline = torch.cuda.memory_allocated(self.device) / 2**20
         else:
@@ -356,15 +338,13 @@ def measure_bare_step(
 
     for batches, tokens, _ in steps[:warmup]:
         step(batches, tokens)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     wall, cpu = time.perf_counter(), time.process_time()
     walls = [wall]
     for batches, tokens, _ in steps[warmup:]:
         step(batches, tokens)
         walls.append(time.perf_counter())
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     timed = steps[warmup:]
     return Measurement(
         device=str(device),
@@ -405,19 +385,14 @@ def measure(args: argparse.Namespace, kind: str, device_name: str) -> Measuremen
         torch.set_num_threads(threads)  # as it was, for the caller (in-process runs)
 
 
-def run_worker(args: argparse.Namespace, kind: str, device: str) -> Measurement:
+def measure_in_worker(args: argparse.Namespace, kind: str, device: str) -> Measurement:
     """One measurement in a fresh subprocess, so that its peak memory is its own."""
-    command = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--devices", device]
-    for option in ("config", "work_dir", "steps", "warmup", "threads"):
-        command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
+    arguments = ["--worker", kind, "--devices", device]
+    arguments += as_flags(args, ("config", "work_dir", "steps", "warmup", "threads"))
     if args.overrides:
-        command += ["--set", *args.overrides]
-    environment = dict(os.environ)
-    environment.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    done = subprocess.run(command, capture_output=True, text=True, check=False, env=environment)
-    if done.returncode != 0:
-        raise SystemExit(f"error: the {kind} run on {device} failed:\n{done.stderr.strip()}")
-    return Measurement(**json.loads(done.stdout.strip().splitlines()[-1]))
+        arguments += ["--set", *args.overrides]
+    passive = {"OMP_WAIT_POLICY": "PASSIVE"}  # idle OpenMP threads do not spin
+    return Measurement(**run_worker("benchmarks.train", arguments, f"{kind} on {device}", passive))
 
 
 # --------------------------------------------------------------------------- the report
@@ -502,7 +477,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="timed steps")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=1, help="repeat; keep each best round")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads")
+    add_threads_flag(parser)
     parser.add_argument(
         "--in-process", action="store_true", help="measure in this process (no subprocesses)"
     )
@@ -534,12 +509,11 @@ def run_device(args: argparse.Namespace, device: str) -> list[Measurement]:
     settings.warmup = args.warmup if args.warmup is not None else (20 if cuda else 5)
     results = []
     for round_index in range(args.rounds):
-        order = KINDS if round_index % 2 == 0 else KINDS[::-1]
-        for kind in order:
+        for kind in round_order(KINDS, round_index):
             if args.in_process:
                 results.append(measure(settings, kind, device))
             else:
-                results.append(run_worker(settings, kind, device))
+                results.append(measure_in_worker(settings, kind, device))
     return results
 
 

@@ -6,15 +6,15 @@ same function, output projection tied to the shared embedding, no bias), batch, 
 eps 1e-9) and dropout. A step is forward, backward and optimizer step. Each (configuration,
 device, model) runs in its own subprocess so that its peak memory is its own.
 
-    python scripts/benchmark_model.py             # small and base size, CPU (2 threads) [+ CUDA]
-    python scripts/benchmark_model.py --quick     # small size only, few steps
-    python scripts/benchmark_model.py --rounds 3  # repeat, keep each model's best round
+    python -m benchmarks.model             # small and base size, CPU (2 threads) [+ CUDA]
+    python -m benchmarks.model --quick     # small size only, few steps
+    python -m benchmarks.model --rounds 3  # repeat, keep each model's best round
 
 Speed is target tokens (not padding) per second of the median timed step, so that a step
 slowed down by other jobs on the machine does not count.
 
 CPU memory is the peak resident set size of the subprocess above its size after start-up
-(`resource.getrusage` max RSS); CUDA memory is `torch.cuda.max_memory_allocated`. CUDA runs
+(VmHWM, `peak_rss_mib`); CUDA memory is `torch.cuda.max_memory_allocated`. CUDA runs
 under bf16 autocast.
 """
 
@@ -23,11 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import resource
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 
@@ -35,12 +31,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from transformer.config import ModelConfig
+from benchmarks.common import (
+    FIRST_WORD_ID,
+    add_threads_flag,
+    as_flags,
+    current_rss_mib,
+    model_config,
+    peak_rss_mib,
+    round_order,
+    run_worker,
+    synchronize,
+)
+from transformer.data.special_ids import BOS_ID, EOS_ID, PAD_ID
 from transformer.model import Transformer
 from transformer.model import build_model as build_transformer
 from transformer.model.positions import sinusoidal_table
 
-PAD, BOS, EOS = 0, 2, 3
 LABEL_SMOOTHING = 0.1
 IMPLEMENTATIONS = ("ours", "reference")
 
@@ -85,7 +91,7 @@ class ReferenceTransformer(nn.Module):
         D = size.d_model
         self.d_model = D
         self.scale = math.sqrt(D)
-        self.embedding = nn.Embedding(vocab_size, D, padding_idx=PAD)
+        self.embedding = nn.Embedding(vocab_size, D, padding_idx=PAD_ID)
         layer_args = {
             "d_model": D,
             "nhead": size.num_heads,
@@ -134,7 +140,7 @@ class ReferenceTransformer(nn.Module):
     def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
         """Source (B, S) and shifted target (B, T) ids -> logits (B, T, V)."""
         T = tgt.size(1)
-        src_padding = src == PAD  # (B, S), True = ignore (PyTorch's convention)
+        src_padding = src == PAD_ID  # (B, S), True = ignore (PyTorch's convention)
         causal = nn.Transformer.generate_square_subsequent_mask(T, device=tgt.device)
         out = self.transformer(
             self.embed(src),
@@ -150,17 +156,8 @@ class ReferenceTransformer(nn.Module):
 def build_model(impl: str, size: Size, vocab_size: int, dropout: float) -> nn.Module:
     """Our model or the reference, post-norm, ReLU, one shared tied vocabulary."""
     if impl == "ours":
-        config = ModelConfig(
-            src_vocab_size=vocab_size,
-            tgt_vocab_size=vocab_size,
-            d_model=size.d_model,
-            num_heads=size.num_heads,
-            d_ff=size.d_ff,
-            num_encoder_layers=size.num_layers,
-            num_decoder_layers=size.num_layers,
-            dropout=dropout,
-            share_embeddings=True,
-            tie_output_embeddings=True,
+        config = model_config(
+            vocab_size, size.d_model, size.num_heads, size.d_ff, size.num_layers, dropout
         )
         return build_transformer(config)  # with the fast paths, as training builds it
     return ReferenceTransformer(vocab_size, size, dropout, "relu", norm_first=False)
@@ -216,23 +213,16 @@ def make_batch(
     src_lengths = torch.randint(target_length - 7, target_length + 8, (sentences,), generator=g)
     tgt_lengths = torch.randint(target_length - 5, target_length + 6, (sentences,), generator=g)
     S, T = int(src_lengths.max()), int(tgt_lengths.max()) + 1
-    src = torch.randint(4, vocab_size, (sentences, S), generator=g)
-    src[torch.arange(S)[None, :] >= src_lengths[:, None]] = PAD
-    words = torch.randint(4, vocab_size, (sentences, T), generator=g)
+    src = torch.randint(FIRST_WORD_ID, vocab_size, (sentences, S), generator=g)
+    src[torch.arange(S)[None, :] >= src_lengths[:, None]] = PAD_ID
+    words = torch.randint(FIRST_WORD_ID, vocab_size, (sentences, T), generator=g)
     position = torch.arange(T)[None, :]
-    tgt_in = torch.cat([torch.full((sentences, 1), BOS), words[:, :-1]], dim=1)
-    tgt_in[position > tgt_lengths[:, None]] = PAD
+    tgt_in = torch.cat([torch.full((sentences, 1), BOS_ID), words[:, :-1]], dim=1)
+    tgt_in[position > tgt_lengths[:, None]] = PAD_ID
     tgt_out = words.clone()
-    tgt_out[position == tgt_lengths[:, None]] = EOS
-    tgt_out[position > tgt_lengths[:, None]] = PAD
+    tgt_out[position == tgt_lengths[:, None]] = EOS_ID
+    tgt_out[position > tgt_lengths[:, None]] = PAD_ID
     return src, tgt_in, tgt_out
-
-
-def current_rss_mib() -> float:
-    """Resident set size of this process now, from /proc (Linux), in MiB."""
-    with open("/proc/self/statm") as statm:
-        pages = int(statm.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def measure(args: argparse.Namespace) -> dict[str, float]:
@@ -256,7 +246,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
             loss = F.cross_entropy(
                 logits.reshape(-1, logits.size(-1)),
                 tgt_out.reshape(-1),
-                ignore_index=PAD,
+                ignore_index=PAD_ID,
                 label_smoothing=LABEL_SMOOTHING,
             )
         loss.backward()
@@ -268,19 +258,17 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
         step()
     step_times = []
     for _ in range(args.steps):
-        if cuda:
-            torch.cuda.synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         step()
-        if cuda:
-            torch.cuda.synchronize(device)
+        synchronize(device)
         step_times.append(time.perf_counter() - start)
     step_time = statistics.median(step_times)  # robust to other jobs stealing a step's cores
     if cuda:
         memory = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline_rss
-    tokens = int((tgt_out != PAD).sum())
+        memory = peak_rss_mib() - baseline_rss
+    tokens = int((tgt_out != PAD_ID).sum())
     return {
         "tokens_per_s": tokens / step_time,
         "step_s": step_time,
@@ -289,39 +277,14 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     }
 
 
-def run_worker(args: argparse.Namespace, impl: str, size: str, device: str) -> dict[str, float]:
+def measure_in_worker(
+    args: argparse.Namespace, impl: str, size: str, device: str
+) -> dict[str, float]:
     """Measure one model in a fresh subprocess and return what it reports."""
-    command = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--worker",
-        "--impl",
-        impl,
-        "--size",
-        size,
-        "--device",
-        device,
-        "--steps",
-        str(args.steps),
-        "--warmup",
-        str(args.warmup),
-        "--threads",
-        str(args.threads),
-        "--vocab",
-        str(args.vocab),
-        "--sentences",
-        str(args.sentences),
-        "--target-length",
-        str(args.target_length),
-        "--dropout",
-        str(args.dropout),
-        "--seed",
-        str(args.seed),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"error: the {impl} {size} run on {device} failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    options = ("steps", "warmup", "threads", "vocab", "sentences", "target_length", "dropout")
+    arguments = ["--worker", "--impl", impl, "--size", size, "--device", device]
+    arguments += as_flags(args, (*options, "seed"))
+    return run_worker("benchmarks.model", arguments, f"{impl} {size} on {device}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -333,7 +296,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first")
     parser.add_argument("--quick", action="store_true", help="small size, 1 warm-up, 2 steps")
     parser.add_argument("--rounds", type=int, default=1, help="repeat; keep each best round")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads")
+    add_threads_flag(parser)
     parser.add_argument("--vocab", type=int, default=8000, help="shared vocabulary size")
     parser.add_argument("--sentences", type=int, default=160, help="sentences per batch")
     parser.add_argument("--target-length", type=int, default=25, help="mean target length")
@@ -384,9 +347,8 @@ def main(argv: list[str] | None = None) -> None:
         for size in args.sizes:
             best: dict[str, dict[str, float]] = {}
             for round_index in range(args.rounds):
-                order = IMPLEMENTATIONS if round_index % 2 == 0 else IMPLEMENTATIONS[::-1]
-                for impl in order:
-                    result = run_worker(settings, impl, size, device)
+                for impl in round_order(IMPLEMENTATIONS, round_index):
+                    result = measure_in_worker(settings, impl, size, device)
                     if impl not in best or result["tokens_per_s"] > best[impl]["tokens_per_s"]:
                         best[impl] = result
             ours, ref = best["ours"], best["reference"]
