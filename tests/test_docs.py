@@ -23,7 +23,7 @@ HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 EXTERNAL = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)  # https:, mailto:, ...
 # Paths written as code text (`transformer/decoding/search.py`). benchmarks/ is left out until
 # the scripts/ -> benchmarks/ move is merged; add it to the group then.
-CODE_PATH = re.compile(r"`((?:transformer|configs|scripts|tests)/[\w./-]*[\w/])`")
+CODE_PATH = re.compile(r"`((?:transformer|configs|scripts|tests|benchmarks)/[\w./-]*[\w/])`")
 
 
 def prose(doc: Path) -> str:
