@@ -28,7 +28,6 @@ from transformer.data.corpus import (
     load_corpus,
 )
 from transformer.data.tokenizer import (
-    PAD_ID,
     TokenizerPair,
     load_tokenizers,
     train_tokenizers,
@@ -292,7 +291,7 @@ def resolve_model_config(config: Config, tokenizers: TokenizerPair) -> Config:
         model = with_vocabulary_sizes(model, tokenizers)
     except ConfigError as error:
         raise ConfigError(error.key, f"{error.message}; leave it out (null)") from None
-    return dataclasses.replace(config, model=dataclasses.replace(model, pad_id=PAD_ID))
+    return dataclasses.replace(config, model=model)
 
 
 def build_model(config: Config, seed: int, device: torch.device) -> Transformer:
