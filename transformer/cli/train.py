@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import logging
 import logging.handlers
-import os
 import shlex
 import signal
 import sys
@@ -27,7 +26,7 @@ from transformer.cli.common import (
 from transformer.errors import UserError
 from transformer.runtime.device import resolve_device
 from transformer.runtime.memory import keep_freed_memory
-from transformer.runtime.threads import busy_cores, threads_for
+from transformer.runtime.threads import set_threads
 from transformer.training.checkpoint import LOG_FILE, checkpoint_dir
 from transformer.training.distributed import (
     DistributedContext,
@@ -93,8 +92,7 @@ def train(argv: list[str] | None = None) -> int:
         if context.enabled and device.type == "cuda":
             device = torch.device("cuda", context.local_rank)
             torch.cuda.set_device(device)
-        if device.type == "cpu" and not context.enabled:
-            _threads_for_the_free_cores()
+        set_threads("train", device, processes=context.world_size)
         if device.type == "cpu":
             keep_freed_memory()  # no page faults for each step's activations
         init_process_group(context, device)
@@ -113,26 +111,6 @@ def train(argv: list[str] | None = None) -> int:
             f'translate with: transformer-translate --run {run_arg} --text "..."\n'
         )
     return 0
-
-
-def _threads_for_the_free_cores() -> None:
-    """One torch thread per core other programs leave free, unless OMP_NUM_THREADS chose."""
-    if os.environ.get("OMP_NUM_THREADS"):
-        return
-    busy = busy_cores()
-    if busy is None:
-        return
-    wanted = torch.get_num_threads()
-    threads = threads_for(os.cpu_count() or wanted, busy, wanted)
-    if threads < wanted:
-        torch.set_num_threads(threads)
-        logger.info(
-            "other programs keep %.1f cores busy: training on %d thread(s), not %d "
-            "(OMP_NUM_THREADS=N chooses)",
-            busy,
-            threads,
-            wanted,
-        )
 
 
 def _set_up_and_train(
