@@ -123,11 +123,12 @@ def _set_up_and_train(
 ) -> Progress:
     """Tokenizers, data, model and checkpoint; then put the run in place and train."""
     config = start.config
-    with StopOnSignals(stop) as signals, RunDirectory(run_dir, context) as run:
+    new_tokenizer = not start.reuse_tokenizer
+    with StopOnSignals(stop) as signals, RunDirectory(run_dir, context, new_tokenizer) as run:
         logger.info(
             "run directory %s, device %s, %d process(es)", run_dir, device, context.world_size
         )
-        tokenizer_dir = None if start.reuse_tokenizer else run.staging
+        tokenizer_dir = run.staging  # None: the run's own tokenizer/
         data = prepare_data(config, run_dir, context, start.reuse_tokenizer, tokenizer_dir)
         config = resolve_model_config(config, data.tokenizers)
         model = build_model(config, config.training.seed + context.rank, device)
@@ -136,7 +137,7 @@ def _set_up_and_train(
         )
         if start.resume_from is not None:
             trainer.resume(start.resume_from)
-        run.commit(config, new_tokenizer=not start.reuse_tokenizer)
+        run.commit(config)
         if context.is_main:
             log.write_to(run_dir / LOG_FILE)
         signals.armed = True
