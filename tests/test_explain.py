@@ -162,7 +162,7 @@ def test_the_command_prints_the_trace_and_writes_into_the_run(run_dir: Path) -> 
     ("args", "message"),
     [
         (["--text", "   "], "--text is empty"),
-        (["--text", "hi", "--beam-size", "0"], "--beam-size must be >= 1"),
+        (["--text", "hi", "--beam-size", "0"], "--beam-size: must be between 1 and"),
         (["--text", "hi", "--output", "{file}"], "is a file"),
         (["--text", "hi", "--checkpoint", "missing.pt"], "does not exist"),
     ],

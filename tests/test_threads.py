@@ -46,19 +46,19 @@ def test_training_drops_to_the_free_cores_and_says_so(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(train_cli, "busy_cores", lambda: 1.0)
+    monkeypatch.setattr("transformer.runtime.threads.busy_cores", lambda: 1.0)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     torch.set_num_threads(2)
     with caplog.at_level(logging.INFO, logger="transformer"):
-        train_cli._threads_for_the_free_cores()
+        train_cli.set_threads("train", torch.device("cpu"))
     assert torch.get_num_threads() == 1
     assert "training on 1 thread(s), not 2" in caplog.text
 
 
 def test_a_thread_count_the_user_chose_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    monkeypatch.setattr(train_cli, "busy_cores", lambda: 2.0)
+    monkeypatch.setattr("transformer.runtime.threads.busy_cores", lambda: 2.0)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     torch.set_num_threads(2)
-    train_cli._threads_for_the_free_cores()
+    train_cli.set_threads("train", torch.device("cpu"))
     assert torch.get_num_threads() == 2

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from transformer.data.special_ids import PAD_ID
 from transformer.errors import UserError
 from transformer.files import atomic_write
 
@@ -46,6 +47,13 @@ MAX_LENGTH_PENALTY = 10.0
 MAX_LEN_A = 100.0
 MAX_LEN_B = 100_000
 MAX_BEAM_SIZE = 1000
+
+# Keys that earlier versions wrote but that are no longer settings, with the one value they
+# can hold: a config.yaml, checkpoint or export of an older run still loads (the key is
+# dropped), and any other value is refused, naming the key.
+RETIRED_KEYS: dict[str, tuple[int, str]] = {
+    "model.pad_id": (PAD_ID, "the tokenizer fixes the ids (transformer/data/special_ids.py)"),
+}
 
 _SHORT = reprlib.Repr()
 _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 2, 4, 4, 4
@@ -140,7 +148,6 @@ class ModelConfig:
     max_positions: int = 1024
     tie_output_embeddings: bool = True
     share_embeddings: bool = False
-    pad_id: int = 0
 
     def __post_init__(self) -> None:
         _finite(self)
@@ -178,8 +185,6 @@ class ModelConfig:
                 "rope rotates pairs of features: d_model / num_heads must be even "
                 f"(d_k = {shown(self.d_k)})",
             )
-        if self.pad_id < 0:
-            raise ConfigError("pad_id", f"must be >= 0 (got {shown(self.pad_id)})")
         if (
             self.share_embeddings
             and self.src_vocab_size is not None
@@ -355,20 +360,39 @@ class DecodingConfig:
     batch_tokens: int = 4000
 
     def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            self.check_setting(item.name, getattr(self, item.name))
         _finite(self)
-        _between("beam_size", self.beam_size, 1, MAX_BEAM_SIZE)
-        _positive("nbest", self.nbest)
         if self.nbest > self.beam_size:
             raise ConfigError(
                 "nbest", f"must be <= beam_size ({shown(self.nbest)} > {shown(self.beam_size)})"
             )
-        check_length_penalty(self.length_penalty)
-        _between("max_len_a", self.max_len_a, 0, MAX_LEN_A)
-        _between("max_len_b", self.max_len_b, 0, MAX_LEN_B)
-        _positive("min_length", self.min_length, allow_zero=True)
-        _positive("batch_tokens", self.batch_tokens)
         if self.max_len_a == 0 and self.max_len_b == 0:
             raise ConfigError("max_len_b", "max_len_a and max_len_b cannot both be 0")
+
+    @staticmethod
+    def check_setting(name: str, value: Any) -> None:
+        """The bounds of one decoding setting on its own, a ConfigError naming it if outside.
+
+        The one home of these bounds: a config, a command-line flag and a server request are
+        all checked here (a flag before the run's config is read, as a server field is before
+        it is merged with the server's defaults); how settings relate (nbest <= beam_size) is
+        checked when a whole `DecodingConfig` is built.
+        """
+        if name == "beam_size":
+            _between(name, value, 1, MAX_BEAM_SIZE)
+        elif name in ("nbest", "batch_tokens"):
+            _positive(name, value)
+        elif name == "length_penalty":
+            check_length_penalty(value)
+        elif name == "max_len_a":
+            _between(name, value, 0, MAX_LEN_A)
+        elif name == "max_len_b":
+            _between(name, value, 0, MAX_LEN_B)
+        elif name == "min_length":
+            _positive(name, value, allow_zero=True)
+        else:
+            raise ValueError(f"{name!r} is not a decoding setting")
 
 
 @dataclass
@@ -453,6 +477,9 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     for key, value in values.items():
         name = key if isinstance(key, str) and len(key) <= 40 else shown(key)
         dotted = f"{prefix}.{name}" if prefix else name
+        if dotted in RETIRED_KEYS:
+            _check_retired(dotted, value)
+            continue
         if key not in names:
             close = difflib.get_close_matches(name, names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
@@ -462,6 +489,23 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         return cls(**kwargs)
     except ConfigError as error:
         raise error.located(prefix) from None
+
+
+def _check_retired(dotted: str, value: Any) -> None:
+    """A retired key may only hold the value it always had; anything else is a ConfigError."""
+    fixed, reason = RETIRED_KEYS[dotted]
+    if not _is_retired_value(dotted, value):
+        raise ConfigError(
+            dotted,
+            f"is not a setting: {reason}, and it is {shown(fixed)}; remove the key "
+            f"(got {shown(value)})",
+        )
+
+
+def _is_retired_value(dotted: str, value: Any) -> bool:
+    """Whether `value` is what the retired key `dotted` held (None: the key is absent)."""
+    fixed, _ = RETIRED_KEYS[dotted]
+    return value is None or (type(value) is type(fixed) and value == fixed)
 
 
 def config_from_dict(values: dict[str, Any], source: str | None = None) -> Config:
@@ -483,6 +527,8 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -
     for key in sorted(old.keys() | new.keys()):
         dotted = f"{prefix}.{key}" if prefix else key
         before, after = old.get(key), new.get(key)
+        if dotted in RETIRED_KEYS and all(_is_retired_value(dotted, v) for v in (before, after)):
+            continue  # an older checkpoint's model.pad_id: 0 is no change
         if isinstance(before, dict) and isinstance(after, dict):
             changes += config_changes(before, after, dotted)
         elif before != after:

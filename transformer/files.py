@@ -3,8 +3,8 @@
 Every file the programs write (translations, checkpoints, configs, tokenizers, caches) goes
 through `atomic_write`: a temporary file beside the target, renamed over it only when the
 work has succeeded, so a failure or a kill leaves the old file as it was. Operating-system
-errors become a `FileError` that names the path and the reason. A directory (an export) is
-written the same way by `atomic_directory`.
+errors become a `FileError` that names the path and the reason. A directory (an export, a
+run's tokenizer) is written the same way, by `StagedDirectory` and `atomic_directory`.
 
 Temporary names say whose they are, `.NAME.transformer-PID-HOST-RANDOM.tmp`: one that a
 `kill -9` left behind is removed by the next write into its directory, once its process is
@@ -272,40 +272,75 @@ def open_output(path: str | Path | None) -> Iterator[TextIO]:
             raise FileError(f"cannot write {path}: {os_reason(error)}") from None
 
 
+class StagedDirectory:
+    """A directory written under a temporary name beside `output`, made `output` by `commit`.
+
+    The one mechanism by which a directory is replaced: an export (`atomic_directory`, in one
+    call) and a run's tokenizer (`transformer.training.run.RunDirectory`, whose tokenizer is
+    trained, then checked with the data and the model, then put in place with the run's
+    config). Until `commit`, `output` is as it was; `discard` (or leaving a `with` block
+    without committing) removes the staged directory. Its name is a temporary name of ours
+    (`temporary_path`): one that a kill left behind is removed by the next write beside it,
+    and an `output` moved aside by a kill in the middle of `commit` is put back.
+    """
+
+    def __init__(self, output: str | Path) -> None:
+        self.output = Path(output)
+        self.committed = False
+        try:
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+            sweep_temporaries(self.output.parent)
+            self.path = temporary_path(self.output)
+            self.path.mkdir()  # not mkdtemp: the directory gets the permissions the umask gives
+        except OSError as error:
+            raise FileError(f"cannot write {self.output}: {os_reason(error)}") from None
+
+    def commit(self) -> None:
+        """Make the staged directory `output`: an existing `output` (which the caller has
+        checked may go) is moved aside, then deleted once the new one is in place; on a
+        failure it is put back and the staged directory removed (a `FileError`)."""
+        # A kill while `output` is aside: the next sweep puts it back (the `.old` name).
+        old = self.path.with_name(self.path.name + ".old")
+        try:
+            if self.output.exists():
+                os.replace(self.output, old)
+            try:
+                os.replace(self.path, self.output)
+            except BaseException:
+                if old.exists():
+                    os.replace(old, self.output)
+                raise
+        except OSError as error:
+            self.discard()
+            raise FileError(f"cannot write {self.output}: {os_reason(error)}") from None
+        self.committed = True
+        shutil.rmtree(old, ignore_errors=True)
+
+    def discard(self) -> None:
+        """Remove the staged directory (nothing, once committed)."""
+        if not self.committed:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> StagedDirectory:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.discard()
+
+
 def atomic_directory(output: str | Path, write: Callable[[Path], Written]) -> Written:
-    """Call `write(directory)` on a new temporary directory beside `output`, then make it
+    """Call `write(directory)` on a new `StagedDirectory` beside `output`, then make it
     `output` and return what `write` returned.
 
-    An existing `output` (which the caller has checked may go) is moved aside first and
-    deleted once the new one is in place; on any failure the temporary directory is removed
-    and `output` is left as it was. Operating-system errors become a `FileError`.
+    On any failure the staged directory is removed and `output` is left as it was.
+    Operating-system errors become a `FileError`.
     """
-    output = Path(output)
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        sweep_temporaries(output.parent)
-        staging = temporary_path(output)
-        staging.mkdir()  # not mkdtemp: the directory gets the permissions the umask gives
-    except OSError as error:
-        raise FileError(f"cannot write {output}: {os_reason(error)}") from None
-    old = staging.with_name(staging.name + ".old")  # a kill meanwhile: the next sweep puts it back
-    try:
-        written = write(staging)
-        if output.exists():
-            os.replace(output, old)
+    with StagedDirectory(output) as staged:
         try:
-            os.replace(staging, output)
-        except BaseException:
-            if old.exists():
-                os.replace(old, output)
-            raise
-    except OSError as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise FileError(f"cannot write {output}: {os_reason(error)}") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+            written = write(staged.path)
+        except OSError as error:
+            raise FileError(f"cannot write {output}: {os_reason(error)}") from None
+        staged.commit()
     return written
 
 

@@ -1,75 +1,89 @@
-"""The decoding flags transformer-translate and transformer-evaluate share, and the translator.
+"""The decoding flags transformer-translate and transformer-evaluate share, and the one
+`load_translator` of every command that decodes (translate, evaluate, explain, serve).
 
 --checkpoint, --beam-size, --length-penalty, --max-tokens, --device, --dtype, --workers,
---engine and --export.
+--reference (transformer-evaluate: --reference-layers), --engine and --export. The bounds of
+the decoding flags are `DecodingConfig`'s (transformer/config.py): a flag's error is the
+config's message under the flag's name.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import Any
 
 import torch
 
 from transformer.cli.engine import add_engine_flags, ctranslate2_translator, uses_ctranslate2
-from transformer.config import (
-    MAX_LENGTH_PENALTY,
-    ConfigError,
-    DecodingConfig,
-    check_length_penalty,
-)
+from transformer.config import MAX_LENGTH_PENALTY, ConfigError, DecodingConfig
 from transformer.decoding.translator import Translator
 from transformer.errors import UserError
 from transformer.export.engine import CTranslate2Translator
 from transformer.runtime.device import resolve_device
+from transformer.runtime.threads import Kind, set_threads
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
-_FLAGS = {
+# The decoding settings that a flag changes: setting -> flag (its dest is the flag's name).
+FLAGS = {
     "beam_size": "--beam-size",
     "nbest": "--nbest",
     "length_penalty": "--length-penalty",
     "batch_tokens": "--max-tokens",
 }
+REFERENCE_HELP = (
+    "the paper's layers only, without the fast paths of transformer/model/fast.py: slower, "
+    "for checking"
+)
 
 
-def positive_flags(args: argparse.Namespace) -> None:
-    """Reject impossible decoding flags before anything slow is loaded."""
-    checks = [
-        ("--beam-size", args.beam_size, 1),
-        ("--max-tokens", args.max_tokens, 1),
-        ("--workers", args.workers, 1),
-    ]
-    for flag, value, low in checks:
-        if value is not None and value < low:
-            raise UserError(f"{flag} must be >= {low} (got {value})")
-    if args.length_penalty is not None:
+def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The decoding settings the command line gives, {setting: value}; flags not given (or
+    that the command does not have) are left out."""
+    options = vars(args)
+    given = {name: options.get(flag[2:].replace("-", "_")) for name, flag in FLAGS.items()}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse impossible decoding flags before anything is read or loaded.
+
+    Each decoding flag is checked by `DecodingConfig.check_setting` (how flags relate to the
+    run's settings, nbest <= beam_size, when `decoding_from_args` builds the whole config).
+    """
+    for name, value in flag_settings(args).items():
         try:
-            check_length_penalty(args.length_penalty)  # the config's own check
+            DecodingConfig.check_setting(name, value)
         except ConfigError as error:
-            raise UserError(f"--length-penalty: {error.message}") from None
+            raise UserError(f"{FLAGS[name]}: {error.message}") from None
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be >= 1 (got {args.workers})")
+    if args.reference_layers and args.engine != "pytorch":
+        raise UserError(
+            f"{args.reference_flag} builds the model's own layers: it needs --engine pytorch, "
+            f"not --engine {args.engine} (an export decodes with its own code)"
+        )
 
 
 def decoding_from_args(
     base: DecodingConfig, args: argparse.Namespace, nbest: int | None = None
 ) -> DecodingConfig:
     """The run's decoding settings with the command-line flags (and `nbest`) applied."""
-    changes = {
-        "beam_size": args.beam_size,
-        "nbest": nbest,
-        "length_penalty": args.length_penalty,
-        "batch_tokens": args.max_tokens,
-    }
+    changes = flag_settings(args)
+    if nbest is not None:
+        changes["nbest"] = nbest
     try:
-        return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+        return dataclasses.replace(base, **changes)
     except ConfigError as error:
-        flag = _FLAGS.get(error.key, f"decoding.{error.key}")
+        flag = FLAGS.get(error.key, f"decoding.{error.key}")
         hint = "; raise --beam-size" if error.key == "nbest" else ""
         raise UserError(f"{flag}: {error.message}{hint}") from None
 
 
-def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
-    """--checkpoint, --beam-size, --length-penalty, --max-tokens, --device, --verbose."""
+def add_decoding_flags(parser: argparse.ArgumentParser, short_reference: bool = True) -> None:
+    """--checkpoint, --beam-size, --length-penalty, --max-tokens, --device, --dtype,
+    --workers, --reference (see `add_reference_flag`), --engine, --export, --verbose."""
     parser.add_argument(
         "--checkpoint",
         default="best",
@@ -105,20 +119,39 @@ def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
         help="batches decoded at once, each in its own thread with 1/N of the CPU threads "
         "(default: 2 on a CPU with 2 or more threads, else 1)",
     )
+    add_reference_flag(parser, short_reference)
     add_engine_flags(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
-def load_translator(args: argparse.Namespace) -> Translator | CTranslate2Translator:
-    """The run's Translator as --checkpoint, --device, --dtype and --workers say.
+def add_reference_flag(parser: argparse.ArgumentParser, short: bool = True) -> None:
+    """--reference (or --reference-layers): decode with the paper's layers as written
+    (`build_model(fast=False)`). `short` False: only --reference-layers, for
+    transformer-evaluate, whose --reference names the reference translations."""
+    names = ["--reference", "--reference-layers"] if short else ["--reference-layers"]
+    parser.add_argument(*names, dest="reference_layers", action="store_true", help=REFERENCE_HELP)
+    parser.set_defaults(reference_flag=names[0])  # how its error names it
 
-    With several workers on a CPU, the process's threads are shared out among them.
+
+def load_translator(
+    args: argparse.Namespace, kind: Kind = "translate"
+) -> Translator | CTranslate2Translator:
+    """The run's translator as --checkpoint, --device, --dtype, --workers, --reference(-layers)
+    and --engine say, with the CPU's threads set by the thread policy of `kind` (`set_threads`).
+
+    A server ("serve") decodes `--workers` batches at once in its own batcher, each batch one
+    call of a translator that decodes it alone.
     """
     device = resolve_device(args.device)
-    on_cpu = device.type == "cpu"
-    workers = args.workers or (2 if on_cpu and torch.get_num_threads() >= 2 else 1)
-    if workers > 1 and on_cpu:
-        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+    plan = set_threads(kind, device, args.workers)
+    workers = 1 if kind == "serve" else plan.workers
     if uses_ctranslate2(args):  # --engine ctranslate2: transformer/cli/engine.py
         return ctranslate2_translator(args, device, workers)
-    return Translator.from_run(args.run, args.checkpoint, device, DTYPES[args.dtype], workers)
+    return Translator.from_run(
+        args.run,
+        args.checkpoint,
+        device,
+        DTYPES[args.dtype],
+        workers,
+        fast=not args.reference_layers,
+    )

@@ -22,9 +22,9 @@ from pathlib import Path
 from transformer.cli.common import CommandParser, run_command, setup_logging
 from transformer.cli.decoding import (
     add_decoding_flags,
+    check_flags,
     decoding_from_args,
     load_translator,
-    positive_flags,
 )
 from transformer.cli.engine import model_files
 from transformer.decoding.scoring import Scores, corpus_scores
@@ -57,14 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", metavar="FILE", help="also write the translations here")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    add_decoding_flags(parser)
+    add_decoding_flags(parser, short_reference=False)  # --reference: the translations
     return parser
 
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    positive_flags(args)
+    check_flags(args)
     if args.hypotheses and (args.run or args.source):
         raise UserError("give either --hypotheses, or --run with --source, not both")
     if not args.hypotheses and not (args.run and args.source):

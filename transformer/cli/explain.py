@@ -21,9 +21,15 @@ import sys
 from pathlib import Path
 
 from transformer.cli.common import CommandParser, run_command, setup_logging
-from transformer.cli.decoding import DTYPES
-from transformer.config import ConfigError, DecodingConfig, check_length_penalty
-from transformer.decoding.translator import Translator
+from transformer.cli.decoding import (
+    DTYPES,
+    add_reference_flag,
+    check_flags,
+    decoding_from_args,
+    load_translator,
+)
+from transformer.config import DecodingConfig
+from transformer.decoding.translator import Translator, read_run_config
 from transformer.errors import UserError
 from transformer.explain.plots import (
     LABELLED_UP_TO,
@@ -64,8 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--length-penalty", type=float, metavar="A", help="GNMT alpha")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    add_reference_flag(parser)
     parser.add_argument("--quiet", action="store_true", help="write the files, print no trace")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # One sentence, one worker, the model's own code (its attention is what is drawn).
+    parser.set_defaults(workers=1, engine="pytorch", export=None)
     return parser
 
 
@@ -155,13 +164,7 @@ def _refuse_another_texts_folder(directory: Path, text: str) -> None:
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    if args.beam_size is not None and args.beam_size < 1:
-        raise UserError(f"--beam-size must be >= 1 (got {args.beam_size})")
-    if args.length_penalty is not None:
-        try:
-            check_length_penalty(args.length_penalty)  # the config's own check
-        except ConfigError as error:
-            raise UserError(f"--length-penalty: {error.message}") from None
+    check_flags(args)
     if not args.text.strip():
         raise UserError('--text is empty: give a sentence to explain, e.g. --text "how are you"')
     output = args.output or args.run / EXPLAIN_DIR / folder_name(args.text)
@@ -169,11 +172,8 @@ def _main(argv: list[str] | None) -> int:
         raise UserError(f"--output {output} is a file; give a directory")
     refuse_overwriting(output, run_files(args.run))
     _refuse_another_texts_folder(output, args.text)
-    translator = Translator.from_run(args.run, args.checkpoint, args.device, DTYPES[args.dtype])
-    changes = {"beam_size": args.beam_size, "length_penalty": args.length_penalty, "nbest": 1}
-    decoding = dataclasses.replace(
-        translator.config.decoding, **{k: v for k, v in changes.items() if v is not None}
-    )
+    decoding = decoding_from_args(read_run_config(args.run).decoding, args, nbest=1)
+    translator = load_translator(args)
     explanation = explain(translator, args.text, decoding)
     if not args.quiet:
         sys.stdout.write(format_trace(explanation))

@@ -23,13 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from transformer.cli.common import CommandParser, run_command, setup_logging
-from transformer.cli.decoding import DTYPES
-from transformer.decoding.translator import Translator
+from transformer.cli.decoding import DTYPES, add_reference_flag, load_translator
 from transformer.errors import UserError
-from transformer.runtime.device import resolve_device
 from transformer.serve.settings import ServeSettings
 from transformer.training.checkpoint import resolve_checkpoint
 
@@ -86,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="batches decoded at once, each in its own thread (default: %(default)s); on a CPU "
         "they share all cores but one, which is left to the HTTP server",
     )
+    add_reference_flag(parser)
     for name, meaning in LIMITS.items():
         parser.add_argument(
             f"--{name.replace('_', '-')}",
@@ -95,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{meaning} (default: %(default)s)",
         )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, access log")
+    parser.set_defaults(engine="pytorch", export=None)  # the model's own code: it draws attention
     return parser
 
 
@@ -130,15 +128,6 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def load_translator(args: argparse.Namespace) -> Translator:
-    """The run's Translator. On a CPU the decoding threads share all cores but one: the HTTP
-    server needs one, and torch threads that wait for a busy core slow down many times over."""
-    device = resolve_device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, (torch.get_num_threads() - 1) // args.workers))
-    return Translator.from_run(args.run, args.checkpoint, device, DTYPES[args.dtype])
-
-
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
@@ -154,7 +143,7 @@ def _main(argv: list[str] | None) -> int:
     ServeSettings(**limits)  # refuse impossible limits before anything slow
     sock = listen(args.host, args.port)
     try:
-        translator = load_translator(args)
+        translator = load_translator(args, "serve")
         checkpoint = str(resolve_checkpoint(args.run, args.checkpoint))
         settings = ServeSettings(**limits, checkpoint=checkpoint)
         app = create_app(translator, settings)

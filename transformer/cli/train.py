@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import logging
 import logging.handlers
-import os
 import shlex
 import signal
 import sys
@@ -27,7 +26,7 @@ from transformer.cli.common import (
 from transformer.errors import UserError
 from transformer.runtime.device import resolve_device
 from transformer.runtime.memory import keep_freed_memory
-from transformer.runtime.threads import busy_cores, threads_for
+from transformer.runtime.threads import set_threads
 from transformer.training.checkpoint import LOG_FILE, checkpoint_dir
 from transformer.training.distributed import (
     DistributedContext,
@@ -93,8 +92,7 @@ def train(argv: list[str] | None = None) -> int:
         if context.enabled and device.type == "cuda":
             device = torch.device("cuda", context.local_rank)
             torch.cuda.set_device(device)
-        if device.type == "cpu" and not context.enabled:
-            _threads_for_the_free_cores()
+        set_threads("train", device, processes=context.world_size)
         if device.type == "cpu":
             keep_freed_memory()  # no page faults for each step's activations
         init_process_group(context, device)
@@ -115,26 +113,6 @@ def train(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _threads_for_the_free_cores() -> None:
-    """One torch thread per core other programs leave free, unless OMP_NUM_THREADS chose."""
-    if os.environ.get("OMP_NUM_THREADS"):
-        return
-    busy = busy_cores()
-    if busy is None:
-        return
-    wanted = torch.get_num_threads()
-    threads = threads_for(os.cpu_count() or wanted, busy, wanted)
-    if threads < wanted:
-        torch.set_num_threads(threads)
-        logger.info(
-            "other programs keep %.1f cores busy: training on %d thread(s), not %d "
-            "(OMP_NUM_THREADS=N chooses)",
-            busy,
-            threads,
-            wanted,
-        )
-
-
 def _set_up_and_train(
     start: RunStart,
     run_dir: Path,
@@ -145,11 +123,12 @@ def _set_up_and_train(
 ) -> Progress:
     """Tokenizers, data, model and checkpoint; then put the run in place and train."""
     config = start.config
-    with StopOnSignals(stop) as signals, RunDirectory(run_dir, context) as run:
+    new_tokenizer = not start.reuse_tokenizer
+    with StopOnSignals(stop) as signals, RunDirectory(run_dir, context, new_tokenizer) as run:
         logger.info(
             "run directory %s, device %s, %d process(es)", run_dir, device, context.world_size
         )
-        tokenizer_dir = None if start.reuse_tokenizer else run.staging
+        tokenizer_dir = run.staging  # None: the run's own tokenizer/
         data = prepare_data(config, run_dir, context, start.reuse_tokenizer, tokenizer_dir)
         config = resolve_model_config(config, data.tokenizers)
         model = build_model(config, config.training.seed + context.rank, device)
@@ -158,7 +137,7 @@ def _set_up_and_train(
         )
         if start.resume_from is not None:
             trainer.resume(start.resume_from)
-        run.commit(config, new_tokenizer=not start.reuse_tokenizer)
+        run.commit(config)
         if context.is_main:
             log.write_to(run_dir / LOG_FILE)
         signals.armed = True

@@ -28,9 +28,9 @@ from typing import BinaryIO, TextIO
 from transformer.cli.common import CommandParser, run_command, setup_logging
 from transformer.cli.decoding import (
     add_decoding_flags,
+    check_flags,
     decoding_from_args,
     load_translator,
-    positive_flags,
 )
 from transformer.cli.engine import model_files
 from transformer.cli.explain import MAX_ATTENTION_LINES, explain_lines
@@ -142,9 +142,7 @@ def _chunks(lines: Iterator[str], size: int) -> Iterator[list[str]]:
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    positive_flags(args)
-    if args.nbest is not None and args.nbest < 1:
-        raise UserError(f"--nbest must be >= 1 (got {args.nbest})")
+    check_flags(args)
     if args.text and args.input:
         raise UserError("give either --text or --input, not both")
     reads = [("--input", args.input), *model_files(args)]

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from transformer.config import DecodingConfig, check_length_penalty
+from transformer.config import DecodingConfig
 from transformer.data.special_ids import SpecialIds
 from transformer.errors import UserError
 
@@ -114,6 +114,20 @@ def gnmt_length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
 
 
+def max_output_length(
+    src_len: int, max_len_a: float, max_len_b: int, max_positions: int | None = None
+) -> int:
+    """The most tokens a sentence of `src_len` source tokens is decoded for (EOS included):
+    int(max_len_a * src_len + max_len_b), at least 1, at most `max_positions` (the model's
+    `max_target_positions`; None: no cap).
+
+    The one home of the longest decodable length: both searches, the CTranslate2 engine and
+    the exporter (which sizes the export's table of positions by it) ask here.
+    """
+    limit = max(1, int(max_len_a * src_len + max_len_b))
+    return limit if max_positions is None else min(limit, max_positions)
+
+
 def max_output_lengths(
     src: Tensor,
     max_len_a: float,
@@ -121,13 +135,9 @@ def max_output_lengths(
     pad_id: int,
     max_positions: int | None = None,
 ) -> list[int]:
-    """Per sentence: int(max_len_a * non-pad source length + max_len_b), clamped to [1, cap]."""
+    """Per sentence of source ids (B, S): `max_output_length` of its non-pad tokens."""
     src_lengths = (src != pad_id).sum(dim=1).tolist()
-    limits = []
-    for src_len in src_lengths:
-        limit = max(1, int(max_len_a * src_len + max_len_b))
-        limits.append(limit if max_positions is None else min(limit, max_positions))
-    return limits
+    return [max_output_length(n, max_len_a, max_len_b, max_positions) for n in src_lengths]
 
 
 def _next_log_probs(
@@ -360,7 +370,8 @@ def beam_search(
     """
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"need 1 <= nbest <= beam_size, got {beam_size=} and {nbest=}")
-    check_length_penalty(length_penalty)  # a ValueError (ConfigError) past what lp(n) can take
+    # A ValueError (ConfigError) past what lp(n) can take: the config's own bound.
+    DecodingConfig.check_setting("length_penalty", length_penalty)
     ids = model.special_ids
     alpha, K, device = length_penalty, beam_size, src.device
     B = src.size(0)

@@ -30,9 +30,8 @@ from typing import Any
 import torch
 
 from transformer.config import Config, ConfigError, config_from_dict, config_to_dict
-from transformer.data.special_ids import PAD_ID
 from transformer.data.tokenizer import JOINT_MODEL, SRC_MODEL, TGT_MODEL, Tokenizer
-from transformer.decoding.search import max_output_lengths
+from transformer.decoding.search import max_output_length
 from transformer.decoding.translator import Translator
 from transformer.export.spec import (
     ExportError,
@@ -104,7 +103,7 @@ def export_run(
     identity = _checkpoint_identity(path)  # before loading: a file replaced meanwhile shows
     translator = Translator.from_run(run_dir, str(path), device="cpu")
     config, tokenizers = translator.config, translator.tokenizers
-    target_positions = _target_positions(config)
+    target_positions = _target_positions(translator)
     spec = transformer_spec(
         translator.model,
         _pieces(tokenizers.src),
@@ -211,22 +210,26 @@ def _pieces(tokenizer: Tokenizer) -> list[str]:
     return [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
 
 
-def _target_positions(config: Config) -> int | None:
-    """How many target positions the export's decoder can read: None for rope (any).
+def _target_positions(translator: Translator) -> int | None:
+    """How many target positions the export's decoder can read: None for rope (CTranslate2
+    rotates any position; it keeps no table).
 
-    Learned positions stop at max_positions, as in the model. A sinusoidal decoder gets a
-    table long enough for the longest output the run's decoding settings allow (for the
-    longest source), so that both engines may write the same lengths.
+    Otherwise a table at least max_positions long, and long enough for the longest output the
+    search would write (`max_output_length`) for the longest source the translator passes,
+    so that both engines may write the same lengths: learned positions stop at the model's
+    `max_target_positions`, sinusoidal ones go on as far as the run's decoding settings say.
     """
-    model = config.model
+    model, decoding = translator.config.model, translator.config.decoding
     if model.positional_encoding == "rope":
         return None
-    if model.positional_encoding == "learned":
-        return model.max_positions
-    longest_source = torch.ones(1, model.max_positions, dtype=torch.long)  # (1, S), no PAD
-    decoding = config.decoding
-    longest = max_output_lengths(longest_source, decoding.max_len_a, decoding.max_len_b, PAD_ID)
-    return max(model.max_positions, longest[0])
+    longest_source = translator.max_source_tokens + 1  # EOS included
+    longest = max_output_length(
+        longest_source,
+        decoding.max_len_a,
+        decoding.max_len_b,
+        translator.model.max_target_positions,
+    )
+    return max(model.max_positions, longest)
 
 
 def _checkpoint_identity(path: Path) -> tuple[str, int, int]:

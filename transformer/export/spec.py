@@ -66,7 +66,6 @@ KNOWN_MODEL_OPTIONS = frozenset(
         "max_positions",
         "tie_output_embeddings",
         "share_embeddings",
-        "pad_id",
     }
 )
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from transformer.config import ModelConfig
-from transformer.data.special_ids import SpecialIds
+from transformer.data.special_ids import PAD_ID, SpecialIds
 from transformer.model.attention import (
     AttentionRecorder,
     MultiHeadAttention,
@@ -150,13 +150,12 @@ class Transformer(nn.Module):
         if config.src_vocab_size is None or config.tgt_vocab_size is None:
             raise ValueError("ModelConfig needs src_vocab_size and tgt_vocab_size to build a model")
         self.config = config
-        self.pad_id = config.pad_id
         c = config
-        self.src_embed = Embeddings(c.src_vocab_size, c.d_model, c.pad_id)
+        self.src_embed = Embeddings(c.src_vocab_size, c.d_model, PAD_ID)
         self.tgt_embed = (
             self.src_embed
             if c.share_embeddings
-            else Embeddings(c.tgt_vocab_size, c.d_model, c.pad_id)
+            else Embeddings(c.tgt_vocab_size, c.d_model, PAD_ID)
         )
         spec = LayerSpec.from_config(c)
         self.encoder = Encoder(
@@ -200,8 +199,8 @@ class Transformer(nn.Module):
 
     @property
     def special_ids(self) -> SpecialIds:
-        """Padding, beginning- and end-of-sentence ids."""
-        return SpecialIds(pad=self.config.pad_id)
+        """Padding, beginning- and end-of-sentence ids: the tokenizer's, fixed for every model."""
+        return SpecialIds()
 
     @property
     def max_target_positions(self) -> int | None:
@@ -218,7 +217,7 @@ class Transformer(nn.Module):
 
     def source_mask(self, src: Tensor) -> Tensor:
         """Padding mask of source ids: (B, S) -> (B, 1, 1, S)."""
-        return padding_mask(src, self.pad_id)
+        return padding_mask(src, PAD_ID)
 
     def encode(self, src: Tensor, src_mask: Tensor | None = None) -> Tensor:
         """Source ids (B, S) -> memory (B, S, D): the encoder's representation of the source."""

@@ -1,9 +1,9 @@
 """The JSON bodies of the API, and the checks that turn a request into work for the model.
 
-Pydantic checks the types (strictly: "5" is not a beam size), refuses unknown fields, text
+Pydantic checks the types (strictly: "5" is not a beam size), refuses unknown fields and text
 that is not Unicode (a lone surrogate such as "\\ud800", which JSON can escape but UTF-8
-cannot encode) and a length penalty the config would refuse; `translate_work` and
-`explain_work` check the values against the model and the server's limits and raise a
+cannot encode); `translate_work` and `explain_work` check the values against the model, the
+bounds of `DecodingConfig` (its own messages) and the server's limits, and raise a
 `RequestError` that names the field.
 """
 
@@ -15,7 +15,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from transformer.config import MAX_LENGTH_PENALTY, ConfigError, DecodingConfig, check_length_penalty
+from transformer.config import MAX_LENGTH_PENALTY, ConfigError, DecodingConfig
 from transformer.decoding.translator import Translation, Translator
 from transformer.serve.settings import ServeSettings
 
@@ -44,7 +44,6 @@ def _unicode(text: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_unicode)]
-LengthPenalty = Annotated[float, AfterValidator(check_length_penalty)]
 
 
 class _Body(BaseModel):
@@ -57,7 +56,7 @@ class DecodingFields(_Body):
     """The decoding settings a request may change (unset: the run's `decoding:` section)."""
 
     beam_size: int | None = Field(None, description="beam width; 1 = greedy search")
-    length_penalty: LengthPenalty | None = Field(
+    length_penalty: float | None = Field(
         None,
         description="GNMT alpha: score / ((5 + length) / 6) ** alpha; 0 = none; at most "
         f"{MAX_LENGTH_PENALTY:g}",
@@ -116,7 +115,7 @@ class ExplainResponse(BaseModel):
 class ErrorResponse(BaseModel):
     """Every refusal: the field at fault (or "body", "path") and what to do."""
 
-    error: str = Field(examples=["beam_size: must be between 1 and 16 (got 0)"])
+    error: str = Field(examples=["beam_size: must be at most 16, this server's limit (got 20)"])
     field: str = Field(examples=["beam_size"])
 
 
@@ -189,16 +188,26 @@ def _source_tokens(translator: Translator, field: str, text: str) -> int:
 def _decoding(
     request: DecodingFields, defaults: DecodingConfig, max_beam_size: int, nbest: int | None
 ) -> DecodingConfig:
-    """The server's decoding settings with the request's changes, checked."""
+    """The server's decoding settings with the request's changes, checked.
+
+    The bounds of each setting are `DecodingConfig`'s (its message, under the field's name);
+    `max_beam_size` is this server's own limit, a service setting (--max-beam-size).
+    """
     beam_size = request.beam_size
-    if beam_size is not None and not 1 <= beam_size <= max_beam_size:
-        raise RequestError("beam_size", f"must be between 1 and {max_beam_size} (got {beam_size})")
-    if nbest is not None and nbest < 1:
-        raise RequestError("nbest", f"must be >= 1 (got {nbest})")
+    if beam_size is not None and beam_size > max_beam_size:
+        raise RequestError(
+            "beam_size", f"must be at most {max_beam_size}, this server's limit (got {beam_size})"
+        )
     changes = {"beam_size": beam_size, "length_penalty": request.length_penalty, "nbest": nbest}
+    changes = {name: value for name, value in changes.items() if value is not None}
+    for name, value in changes.items():
+        try:
+            DecodingConfig.check_setting(name, value)
+        except ConfigError as error:
+            raise RequestError(name, error.message) from None
     try:
-        return dataclasses.replace(defaults, **{k: v for k, v in changes.items() if v is not None})
-    except ConfigError as error:
+        return dataclasses.replace(defaults, **changes)
+    except ConfigError as error:  # how the settings relate: nbest <= beam_size
         hint = "; ask for a larger beam_size" if error.key == "nbest" else ""
         raise RequestError(error.key, error.message + hint) from None
 

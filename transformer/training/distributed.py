@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,14 @@ class DistributedContext:
         tensor = torch.tensor([value], dtype=torch.float64, device=device)
         dist.broadcast(tensor, src=0)
         return float(tensor.item())
+
+    def broadcast_object(self, value: T) -> T:
+        """Rank 0's `value` (a picklable object: a path, a name), on every rank."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def any_rank(self, flag: bool, device: torch.device) -> bool:
         """Whether `flag` is true on any rank; every rank must call this at the same point."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +27,13 @@ from transformer.data.corpus import (
     load_corpus,
 )
 from transformer.data.tokenizer import (
-    PAD_ID,
     TokenizerPair,
     load_tokenizers,
     train_tokenizers,
     with_vocabulary_sizes,
 )
 from transformer.errors import UserError
-from transformer.files import os_reason
+from transformer.files import StagedDirectory, os_reason
 from transformer.model import Transformer
 from transformer.model import build_model as build_transformer
 from transformer.training.checkpoint import (
@@ -153,14 +151,17 @@ class RunDirectory:
     """A run directory while a training sets it up and uses it.
 
     Rank 0 holds its lock (`transformer.training.lock`) until the end. Until `commit`, nothing
-    of the run is in place: a new tokenizer is trained into `staging`, config.yaml and train.log are
-    not written; if setting up fails, what was created is removed again.
+    of the run is in place: a new tokenizer (`new_tokenizer`) is trained into `staging`, a
+    `transformer.files.StagedDirectory` beside tokenizer/; config.yaml and train.log are not
+    written. If setting up fails, what was created is removed again.
     """
 
-    def __init__(self, path: Path, context: DistributedContext) -> None:
+    def __init__(self, path: Path, context: DistributedContext, new_tokenizer: bool) -> None:
         self.path = path
         self.context = context
-        self.staging = path / f".{TOKENIZER_DIR}.new"
+        self.new_tokenizer = new_tokenizer
+        self.staged: StagedDirectory | None = None  # rank 0's, while a new tokenizer is staged
+        self.staging: Path | None = None  # where every rank finds the new tokenizer
         self.lock = RunLock(path)
         self.created: list[Path] = []  # made by this process: the run dir, parents, cache
         self.committed = False
@@ -176,22 +177,22 @@ class RunDirectory:
                 raise UserError(f"cannot create {self.path}: {os_reason(error)}") from None
             try:
                 self.lock.acquire()
+                if self.new_tokenizer:
+                    self.staged = StagedDirectory(self.path / TOKENIZER_DIR)
             except BaseException:
+                self.lock.release()
                 self._remove_created()
                 raise
+        if self.new_tokenizer:  # the staged name is rank 0's (its process id): tell the others
+            staged = str(self.staged.path) if self.staged is not None else ""
+            self.staging = Path(self.context.broadcast_object(staged))
         return self
 
-    def commit(self, config: Config, new_tokenizer: bool) -> None:
+    def commit(self, config: Config) -> None:
         """Put the run in place: the new tokenizer (if trained) and config.yaml, atomically."""
         if self.context.is_main:
-            if new_tokenizer:
-                tokenizer = self.path / TOKENIZER_DIR
-                old = self.path / f".{TOKENIZER_DIR}.old"
-                shutil.rmtree(old, ignore_errors=True)
-                if tokenizer.exists():
-                    os.replace(tokenizer, old)
-                os.replace(self.staging, tokenizer)
-                shutil.rmtree(old, ignore_errors=True)
+            if self.staged is not None:
+                self.staged.commit()
             save_config(config, self.path / CONFIG_FILE)
         self.committed = True
 
@@ -200,7 +201,8 @@ class RunDirectory:
             return
         self.lock.release()
         if not self.committed:
-            shutil.rmtree(self.staging, ignore_errors=True)
+            if self.staged is not None:
+                self.staged.discard()
             self._remove_created()
 
     def _remove_created(self) -> None:
@@ -292,7 +294,7 @@ def resolve_model_config(config: Config, tokenizers: TokenizerPair) -> Config:
         model = with_vocabulary_sizes(model, tokenizers)
     except ConfigError as error:
         raise ConfigError(error.key, f"{error.message}; leave it out (null)") from None
-    return dataclasses.replace(config, model=dataclasses.replace(model, pad_id=PAD_ID))
+    return dataclasses.replace(config, model=model)
 
 
 def build_model(config: Config, seed: int, device: torch.device) -> Transformer:
