@@ -90,6 +90,18 @@ def test_benchmarks_and_scripts_use_only_public_names_of_the_package() -> None:
     assert found == [], "make the name public (with a docstring), or compute it in the program"
 
 
+def test_no_test_module_imports_a_private_name_of_the_package() -> None:
+    """Tests go through the names a user has: what they need is made public, documented."""
+    found = [
+        f"{path.name}:{item.line} {item.module} {' '.join(item.names)}"
+        for path in sorted((ROOT / "tests").glob("*.py"))
+        for item in imports(path)
+        if item.module.split(".")[0] == "transformer"
+        and (any(map(is_private, item.module.split("."))) or any(map(is_private, item.names)))
+    ]
+    assert found == []
+
+
 def test_a_benchmark_imports_no_other_benchmark_or_script_but_benchmarks_common() -> None:
     siblings = {path.stem for path in PROGRAMS} | {"benchmarks", "scripts"}
     found = []

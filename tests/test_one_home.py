@@ -42,7 +42,7 @@ from transformer.config import (
 from transformer.data.special_ids import PAD_ID, SpecialIds
 from transformer.decoding.search import max_output_lengths
 from transformer.decoding.translator import Translator
-from transformer.files import _TEMPORARY
+from transformer.files import TEMPORARY_NAME
 from transformer.model import Transformer
 from transformer.runtime.threads import Machine, ThreadPlan, plan_threads
 from transformer.training.distributed import DistributedContext
@@ -319,7 +319,7 @@ def test_a_new_runs_tokenizer_is_staged_and_put_in_place_by_the_files_mechanism(
     run = tmp_path / "run"
     with RunDirectory(run, DistributedContext(), new_tokenizer=True) as directory:
         assert directory.staging is not None
-        assert _TEMPORARY.match(directory.staging.name), directory.staging
+        assert TEMPORARY_NAME.match(directory.staging.name), directory.staging
         assert directory.staging.parent == run and directory.staging.is_dir()
         assert not (run / "tokenizer").exists()  # nothing of the run before the commit
         (directory.staging / "spm.model").write_bytes(b"new")
@@ -354,10 +354,10 @@ def test_what_a_killed_setup_staged_never_reaches_the_next_runs_tokenizer(tmp_pa
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", KILLED_SETUP, str(run)], env=env, timeout=120)
     assert result.returncode == -signal.SIGKILL
-    assert any(_TEMPORARY.match(name) for name in os.listdir(run))  # what the kill left
+    assert any(TEMPORARY_NAME.match(name) for name in os.listdir(run))  # what the kill left
     with RunDirectory(run, DistributedContext(), new_tokenizer=True) as directory:
         assert directory.staging is not None
-        assert [name for name in os.listdir(run) if _TEMPORARY.match(name)] == [
+        assert [name for name in os.listdir(run) if TEMPORARY_NAME.match(name)] == [
             directory.staging.name
         ]
         (directory.staging / "spm.model").write_bytes(b"new")
@@ -372,14 +372,14 @@ def test_what_a_killed_setup_staged_never_reaches_the_next_runs_tokenizer(tmp_pa
 def test_the_export_holds_every_position_the_search_can_write_for_any_source(
     tmp_path: Path, positions: str
 ) -> None:
-    from transformer.export.directory import _target_positions
+    from transformer.export.directory import target_positions
 
     run = make_tiny_run(tmp_path / "run", positional_encoding=positions, max_positions=16)
     translator = Translator.from_run(run, device="cpu")
     for max_len_a, max_len_b in [(1.0, 3), (2.0, 7), (0.0, 40)]:
         decoding = DecodingConfig(max_len_a=max_len_a, max_len_b=max_len_b)
         translator.config = dataclasses.replace(translator.config, decoding=decoding)
-        table = _target_positions(translator)
+        table = target_positions(translator)
         cap = translator.model.max_target_positions
         sources = range(1, translator.max_source_tokens + 2)  # every length, EOS included
         longest = max(

@@ -38,7 +38,7 @@ _BLOCK_BYTES = 1 << 16
 _GZIP_MAGIC = b"\x1f\x8b"
 STANDARD_STREAM = "-"
 _OURS = "transformer"  # the mark in our temporary names
-_TEMPORARY = re.compile(
+TEMPORARY_NAME = re.compile(  # our temporaries: what `sweep_temporaries` may remove
     rf"^\.(?P<name>.+)\.{_OURS}-(?P<pid>\d+)-(?P<host>[0-9a-f]{{8}})-[0-9a-z_]+\.tmp"
     r"(?P<old>\.old)?$"
 )
@@ -386,7 +386,7 @@ def sweep_temporaries(directory: str | Path) -> None:
         return
     host = _host_tag()
     for entry in entries:
-        match = _TEMPORARY.match(entry.name)
+        match = TEMPORARY_NAME.match(entry.name)
         if match is None or match["host"] != host or process_alive(int(match["pid"])):
             continue
         path = Path(entry.path)

@@ -103,12 +103,12 @@ def export_run(
     identity = _checkpoint_identity(path)  # before loading: a file replaced meanwhile shows
     translator = Translator.from_run(run_dir, str(path), device="cpu")
     config, tokenizers = translator.config, translator.tokenizers
-    target_positions = _target_positions(translator)
+    positions = target_positions(translator)
     spec = transformer_spec(
         translator.model,
         _pieces(tokenizers.src),
         _pieces(tokenizers.tgt),
-        target_positions or config.model.max_positions,
+        positions or config.model.max_positions,
     )
     spec.validate()
     spec.optimize(quantization=quantization)
@@ -118,7 +118,7 @@ def export_run(
         checkpoint=identity[0],
         checkpoint_size=identity[1],
         checkpoint_mtime_ns=identity[2],
-        max_target_positions=target_positions,
+        max_target_positions=positions,
         ctranslate2_version=ct2.__version__,
         torch_version=torch.__version__,
         config=config_to_dict(config),
@@ -210,7 +210,7 @@ def _pieces(tokenizer: Tokenizer) -> list[str]:
     return [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
 
 
-def _target_positions(translator: Translator) -> int | None:
+def target_positions(translator: Translator) -> int | None:
     """How many target positions the export's decoder can read: None for rope (CTranslate2
     rotates any position; it keeps no table).
 
