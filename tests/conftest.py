@@ -1,8 +1,10 @@
 """Shared test setup: tiny models run fastest on one thread, and 2-core CI stays responsive."""
 
+import importlib
 import logging
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -32,3 +34,25 @@ def restore_logging() -> Iterator[None]:
             root.removeHandler(handler)
             handler.close()
     logging.getLogger("transformer").setLevel(logging.NOTSET)
+
+
+@pytest.fixture(autouse=True)
+def keep_thread_count() -> Iterator[None]:
+    """The commands set torch's thread count for their process: give the tests theirs back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture) -> Callable[..., subprocess.CompletedProcess]:
+    """A command run in this process (its `main`): seconds faster than a new Python."""
+
+    def call(program: str, *args: object) -> subprocess.CompletedProcess:
+        main = importlib.import_module(f"transformer.cli.{program}").main
+        capsys.readouterr()
+        code = main([str(arg) for arg in args])
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+    return call

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import errno
-import importlib
 import os
 import shutil
 import signal
@@ -19,13 +18,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from tiny_runs import ROOT, tiny_config
+from tiny_runs import ENV, ROOT, error_line, snapshot, tiny_config
 
 from transformer.cli.train import main as train_main
 from transformer.config import load_config
@@ -33,57 +32,11 @@ from transformer.files import FileError, atomic_write
 from transformer.training.checkpoint import load_checkpoint
 from transformer.training.lock import LOCK_FILE
 
-ENV = {
-    **os.environ,
-    "OMP_NUM_THREADS": "1",
-    "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-}
-
 
 def command(program: str, *args: object) -> subprocess.CompletedProcess:
     """Run `python -m transformer.cli.<program> ARGS` as a user would, capturing its output."""
     argv = [sys.executable, "-m", f"transformer.cli.{program}", *map(str, args)]
     return subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=240)
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture) -> Callable[..., subprocess.CompletedProcess]:
-    """The same commands in this process (their `main`): seconds faster than a new Python."""
-
-    def call(program: str, *args: object) -> subprocess.CompletedProcess:
-        main = importlib.import_module(f"transformer.cli.{program}").main
-        capsys.readouterr()
-        code = main([str(arg) for arg in args])
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
-
-    return call
-
-
-@pytest.fixture(autouse=True)
-def keep_thread_count() -> Iterator[None]:
-    """The commands set torch's thread count for their process: give this one its own back."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
-def error_line(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    """The one `error:` line of a failed command (exit code 2, no traceback), checked."""
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
-def snapshot(directory: Path) -> dict[str, bytes]:
-    """Every file below `directory` (names relative to it) with its bytes."""
-    return {
-        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
-    }
 
 
 def log_lines(run_dir: Path) -> list[str]:

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from tiny_runs import make_tiny_run
+from tiny_runs import ENV, make_tiny_run, tiny_config
 
 from transformer.cli.common import run_command
 from transformer.cli.train import main as train_main
@@ -29,34 +28,12 @@ from transformer.config import TokenizerConfig, TrainingConfig
 from transformer.data.tokenizer import TokenizerError, train_tokenizers
 from transformer.training.checkpoint import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {
-    **os.environ,
-    "OMP_NUM_THREADS": "1",
-    "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-}
 COMMANDS = ["train", "translate", "evaluate", "average", "explain", "serve", "export"]
 
 
 def training_config(tmp_path: Path, **training: object) -> Path:
-    """A tiny model on the shipped corpus, on the CPU; `training` updates its training section."""
-    data = ROOT / "data"
-    config = {
-        "model": {"d_model": 32, "num_heads": 2, "d_ff": 64, "num_encoder_layers": 1,
-                  "num_decoder_layers": 1, "share_embeddings": True},
-        "tokenizer": {"vocab_size": 200},
-        "data": {
-            "train": {"src_path": str(data / "train.en"), "tgt_path": str(data / "train.de")},
-            "valid": {"src_path": str(data / "valid.en"), "tgt_path": str(data / "valid.de")},
-            "cache_dir": str(tmp_path / "cache"),
-        },
-        "training": {"device": "cpu", "batch_tokens": 600, "schedule": "inverse_sqrt",
-                     "lr": 3e-3, "warmup_steps": 5, "eval_every": 1000, "log_every": 1,
-                     "eval_bleu": False, "progress_bar": False, **training},
-    }  # fmt: skip
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
+    """The tiny config, logging every step; `training` updates its training section."""
+    return tiny_config(tmp_path, training={"log_every": 1, **training})
 
 
 def module_argv(program: str, *args: object) -> list[str]:

@@ -7,7 +7,6 @@ command says why in one `error:` line (exit code 2) and leaves every file as it 
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -19,9 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
-from tiny_runs import make_tiny_run
+from tiny_runs import ENV, error_line, make_tiny_run, snapshot, tiny_config
 
 from transformer.files import (
     atomic_directory,
@@ -31,54 +28,7 @@ from transformer.files import (
 )
 from transformer.training.checkpoint import load_checkpoint, save_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {
-    **os.environ,
-    "OMP_NUM_THREADS": "1",
-    "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-}
 EXPORT_FILES = {"model.bin", "config.json", "shared_vocabulary.json", "spm.model", "export.json"}
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture) -> Callable[..., subprocess.CompletedProcess]:
-    """A command run in this process (its `main`), with its exit code and output."""
-
-    def call(program: str, *args: object) -> subprocess.CompletedProcess:
-        main = importlib.import_module(f"transformer.cli.{program}").main
-        capsys.readouterr()
-        code = main([str(arg) for arg in args])
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
-
-    return call
-
-
-@pytest.fixture(autouse=True)
-def keep_thread_count() -> Iterator[None]:
-    """The commands set torch's thread count for their process: give this one its own back."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
-def error_line(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    """The one `error:` line of a failed command (exit code 2, no traceback), checked."""
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
-def snapshot(directory: Path) -> dict[str, bytes | None]:
-    """Every file and folder below `directory` (names relative to it), files with their bytes."""
-    return {
-        str(p.relative_to(directory)): p.read_bytes() if p.is_file() else None
-        for p in directory.rglob("*")
-    }
 
 
 @pytest.fixture(scope="module")
@@ -337,32 +287,11 @@ def test_average_on_a_full_disk_is_one_error_line_and_keeps_the_old_output(
     assert snapshot(disk) == {"averaged.pt": b"the old average"}
 
 
-def training_config(directory: Path, max_steps: int) -> Path:
-    """A config for a tiny model on the shipped corpus, its data cache in `directory`."""
-    data = ROOT / "data"
-    config = {
-        "model": {"d_model": 32, "num_heads": 2, "d_ff": 64, "num_encoder_layers": 1,
-                  "num_decoder_layers": 1, "share_embeddings": True},
-        "tokenizer": {"vocab_size": 200},
-        "data": {
-            "train": {"src_path": str(data / "train.en"), "tgt_path": str(data / "train.de")},
-            "valid": {"src_path": str(data / "valid.en"), "tgt_path": str(data / "valid.de")},
-            "cache_dir": str(directory / "cache"),
-        },
-        "training": {"device": "cpu", "max_steps": max_steps, "batch_tokens": 600,
-                     "eval_every": 1000, "eval_bleu": False, "progress_bar": False},
-        "decoding": {"beam_size": 1, "max_len_a": 1.0, "max_len_b": 5},
-    }  # fmt: skip
-    path = directory / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
-
-
 def test_a_disk_filling_up_under_a_training_checkpoint_is_one_error_line_and_keeps_the_old(
     cli, tmp_path: Path, small_disk: Callable[[int], Path]
 ) -> None:
     trained = tmp_path / "trained"
-    config = training_config(tmp_path, max_steps=2)
+    config = tiny_config(tmp_path, training={"max_steps": 2})
     assert cli("train", "--config", config, "--run-dir", trained).returncode == 0
     size = sum(p.stat().st_size for p in trained.rglob("*") if p.is_file())
     disk = small_disk(size // 1024 + 64)  # room for the run and its log, not a second last.pt

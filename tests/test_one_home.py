@@ -52,13 +52,6 @@ CPU, GPU = torch.device("cpu"), torch.device("cuda")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def keep_thread_count() -> Iterator[None]:
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_run(tmp_path_factory.mktemp("one_home") / "run")

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
 
 import pytest
 import torch
 
 from transformer.cli import train as train_cli
 from transformer.runtime.threads import busy_cores, threads_for
-
-
-@pytest.fixture(autouse=True)
-def keep_thread_count() -> Iterator[None]:
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
+import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -31,6 +33,11 @@ from transformer.training.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
+ENV = {  # for the commands tests start as subprocesses: this checkout's code, one thread
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+}
 VOCAB_SIZE = 64
 TRAIN_STEPS = 120  # enough for a tiny model to learn the twenty pairs by heart (~2 s)
 PAIRS = [
@@ -195,3 +202,22 @@ def train_tiny_run(directory: Path) -> Path:
     with kept_logging():
         assert train_main(["--config", str(path), "--run-dir", str(directory / "run")]) == 0
     return directory / "run"
+
+
+def error_line(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """The one `error:` line of a failed command (exit code 2, no traceback), checked."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def snapshot(directory: Path) -> dict[str, bytes | None]:
+    """Every file and folder below `directory` (names relative to it), files with their bytes."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes() if p.is_file() else None
+        for p in directory.rglob("*")
+    }
