@@ -6,6 +6,7 @@ tokenizer, records where it came from, and resumes from its own checkpoints like
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -16,10 +17,11 @@ import yaml
 from tiny_runs import call_main, tiny_config
 
 from transformer.cli.train import main as train_main
-from transformer.config import load_config
+from transformer.config import load_config, load_config_values
 from transformer.data.tokenizer import BOS_ID, EOS_ID, load_tokenizers
 from transformer.model import Transformer
 from transformer.training.checkpoint import load_checkpoint
+from transformer.training.finetune import inherit_config
 
 # Another domain than the shipped corpus (travel phrases): computers and offices.
 NEW_DOMAIN = [
@@ -306,3 +308,18 @@ def test_saved_config_of_a_fine_tuned_run_records_a_typed_parent(parent, tmp_pat
     saved = yaml.safe_load((child / "config.yaml").read_text(encoding="utf-8"))
     assert isinstance(saved["training"]["init_from"], str)
     assert yaml.safe_load((parent / "config.yaml").read_text())["training"]["init_from"] is None
+
+
+def test_the_shipped_fine_tuning_config_fits_a_run_of_the_general_config():
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    general = load_config(configs / "tatoeba_en_de_cpu.yaml")
+    parent = dataclasses.replace(  # as its run saves it: the vocabulary sizes filled in
+        general,
+        model=dataclasses.replace(general.model, src_vocab_size=6000, tgt_vocab_size=6000),
+    )
+    path = configs / "multi30k_from_tatoeba.yaml"
+    child = inherit_config(parent, load_config_values(path), str(path))
+    assert child.model == parent.model and child.tokenizer == parent.tokenizer
+    assert child.training.lr < general.training.lr
+    assert child.training.warmup_steps < general.training.warmup_steps
+    assert 0 < child.training.max_time_minutes < general.training.max_time_minutes
