@@ -146,10 +146,7 @@ def test_fine_tuned_run_starts_from_the_parents_weights(parent, tmp_path, capsys
     child = tmp_path / "child-run"
     argv = ["--config", config, "--init-from", parent, "--run-dir", child]
     assert train(argv, capsys)[0] == 0
-    theirs = load_checkpoint(parent / "checkpoints" / "best.pt")["model"]
-    mine = load_checkpoint(child / "checkpoints" / "last.pt")["model"]
-    for name, tensor in theirs.items():
-        torch.testing.assert_close(mine[name], tensor, rtol=0, atol=1e-9, msg=name)
+    assert_weights_of(child, parent)
 
 
 def test_fine_tuned_run_has_the_parents_tokenizer_and_model_and_records_its_parent(
@@ -323,3 +320,40 @@ def test_the_shipped_fine_tuning_config_fits_a_run_of_the_general_config():
     assert child.training.lr < general.training.lr
     assert child.training.warmup_steps < general.training.warmup_steps
     assert 0 < child.training.max_time_minutes < general.training.max_time_minutes
+
+
+def assert_weights_of(run_dir: Path, parent: Path) -> None:
+    """The run's last.pt holds the parent's best weights (within a negligible step)."""
+    theirs = load_checkpoint(parent / "checkpoints" / "best.pt")["model"]
+    mine = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+    for name, tensor in theirs.items():
+        torch.testing.assert_close(mine[name], tensor, rtol=0, atol=1e-9, msg=name)
+
+
+def test_a_config_giving_training_init_from_fine_tunes_as_the_flag_does(parent, tmp_path, capsys):
+    tiny = {"max_steps": 1, "lr": 1e-12, "warmup_steps": 0, "init_from": str(parent)}
+    child = tmp_path / "child-run"
+    code, err = train(
+        ["--config", child_config(tmp_path, training=tiny), "--run-dir", child], capsys
+    )
+    assert code == 0, err
+    assert_weights_of(child, parent)
+    best = str((parent / "checkpoints" / "best.pt").resolve())
+    assert load_config(child / "config.yaml").training.init_from == best
+
+
+def test_a_fine_tuned_run_stopped_before_its_first_checkpoint_resumes_from_its_parent(
+    parent, tmp_path, capsys
+):
+    tiny = {"max_steps": 1, "lr": 1e-12, "warmup_steps": 0}
+    child = tmp_path / "child-run"
+    argv = ["--config", child_config(tmp_path, training=tiny), "--init-from", parent]
+    assert train([*argv, "--run-dir", child], capsys)[0] == 0
+    tokenizer = snapshot(child / "tokenizer")
+    shutil.rmtree(child / "checkpoints")  # as if stopped before it saved anything
+    code, err = train(["--run-dir", child, "--resume"], capsys)
+    assert code == 0, err
+    assert_weights_of(child, parent)
+    assert {p.name: b for p, (b, _) in snapshot(child / "tokenizer").items()} == {
+        p.name: b for p, (b, _) in tokenizer.items()
+    }

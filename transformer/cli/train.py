@@ -147,7 +147,7 @@ def _set_up_and_train(
         config = resolve_model_config(config, data.tokenizers)
         model = build_model(config, config.training.seed + context.rank, device)
         if start.parent is not None:
-            load_parent_weights(model, start.parent.checkpoint)
+            load_parent_weights(model, start.parent)
         trainer = Trainer(
             config, model, data.tokenizers, data.train, data.valid, run_dir, device, context
         )

@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from transformer.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
 from transformer.errors import UserError
 from transformer.files import os_reason
@@ -38,16 +40,21 @@ _NULL_MEANS_INHERITED = ("model.src_vocab_size", "model.tgt_vocab_size")
 
 @dataclasses.dataclass
 class Parent:
-    """The run and checkpoint a fine-tuning starts from."""
+    """The run and checkpoint a fine-tuning starts from, and the weights it holds."""
 
     run_dir: Path
-    checkpoint: Path
+    checkpoint: Path  # resolved
     config: Config  # the parent run's resolved config
+    weights: dict[str, Tensor]  # the checkpoint's model state; emptied once put in the model
 
 
 def find_parent(given: Path) -> Parent:
     """The run and checkpoint `--init-from` names: a run directory (its best checkpoint, else
-    its last) or a checkpoint file in a run's checkpoints/ folder; a UserError otherwise."""
+    its last) or a checkpoint file in a run's checkpoints/ folder; a UserError otherwise.
+
+    The checkpoint is read at once (before the data is prepared), so that a damaged one is
+    refused in a moment; its path, step and sha256 are logged (and so kept in train.log).
+    """
     if not given.exists():
         raise UserError(f"--init-from {given} does not exist; give a run directory or checkpoint")
     if given.is_dir():
@@ -74,7 +81,14 @@ def find_parent(given: Path) -> Parent:
             )
     if not (run_dir / TOKENIZER_DIR).is_dir():
         raise UserError(f"--init-from: run {run_dir} has no {TOKENIZER_DIR}/ to take")
-    return Parent(run_dir, checkpoint.resolve(), load_config(run_dir / CONFIG_FILE))
+    config = load_config(run_dir / CONFIG_FILE)
+    checkpoint = checkpoint.resolve()
+    instead = "give --init-from another checkpoint of the run (e.g. RUN/checkpoints/last.pt)"
+    state = load_checkpoint(checkpoint, map_location="cpu", instead=instead)
+    logger.info(
+        "initialised from %s (step %s, %s)", checkpoint, state.get("step"), fingerprint(checkpoint)
+    )
+    return Parent(run_dir, checkpoint, config, state["model"])
 
 
 def inherit_config(
@@ -123,20 +137,17 @@ def copy_tokenizer(parent_run: Path, destination: Path) -> None:
         raise UserError(f"cannot copy the tokenizer of {parent_run}: {os_reason(error)}") from None
 
 
-def load_parent_weights(model: Transformer, checkpoint: Path) -> None:
-    """Put the parent's weights into `model` and log where they came from."""
-    instead = "give --init-from another checkpoint of the run (e.g. RUN/checkpoints/last.pt)"
-    state = load_checkpoint(checkpoint, map_location="cpu", instead=instead)
+def load_parent_weights(model: Transformer, parent: Parent) -> None:
+    """Put the parent's weights into `model` (and let go of the parent's copy)."""
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(parent.weights)
     except (RuntimeError, TypeError) as error:
         reason = str(error).splitlines()[0][:200]
         raise CheckpointError(
-            f"checkpoint {checkpoint} does not fit its run's model ({reason}); {instead}"
+            f"checkpoint {parent.checkpoint} does not fit the model of its run "
+            f"{parent.run_dir} ({reason}); give --init-from another checkpoint"
         ) from None
-    logger.info(
-        "initialised from %s (step %s, %s)", checkpoint, state.get("step"), fingerprint(checkpoint)
-    )
+    parent.weights = {}
 
 
 def fingerprint(path: Path) -> str:

@@ -135,10 +135,11 @@ def plan_run(
         config = inherit_config(
             saved, load_config_values(source, overrides), str(source), "the run"
         )
-        training = dataclasses.replace(config.training, init_from=saved.training.init_from)
-        config = dataclasses.replace(config, training=training)
         if not last.is_file() and not has_checkpoints:  # stopped before its first checkpoint
             parent = find_parent(Path(saved.training.init_from))
+    # training.init_from records how the run began: a resume does not change it
+    training = dataclasses.replace(config.training, init_from=saved.training.init_from)
+    config = dataclasses.replace(config, training=training)
     check_resume_changes(saved, config, run_dir)
     if last.is_file():
         return RunStart(config, resume_from=last, reuse_tokenizer=True)
