@@ -311,6 +311,9 @@ class TrainingConfig:
     keep_best: int = 3
     early_stopping_patience: int = 0
     progress_bar: bool = True
+    # The checkpoint this run's weights started from (written by transformer-train
+    # --init-from, which it means when a new run's config gives it); null: a fresh model.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         _finite(self)
@@ -648,6 +651,15 @@ def _deep_copy(values: dict[str, Any]) -> dict[str, Any]:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Load a YAML config file, apply dotted overrides, and validate everything."""
+    return config_from_dict(load_config_values(path, overrides), str(path))
+
+
+def load_config_values(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The mapping a YAML config file and its dotted overrides give, before validation.
+
+    What a user wrote, without the defaults: `transformer-train --init-from` tells the keys
+    a config gives from those it leaves to the parent run.
+    """
     path = Path(path)
     source = str(path)
     if not path.is_file():
@@ -672,7 +684,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
             values = apply_overrides(values, overrides)
         except ConfigError as error:
             raise error.located(source=source) from None
-    return config_from_dict(values, source)
+    return values
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -27,13 +27,14 @@ from transformer.errors import UserError
 from transformer.runtime.device import resolve_device
 from transformer.runtime.memory import keep_freed_memory
 from transformer.runtime.threads import set_threads
-from transformer.training.checkpoint import LOG_FILE, checkpoint_dir
+from transformer.training.checkpoint import LOG_FILE, TOKENIZER_DIR, checkpoint_dir
 from transformer.training.distributed import (
     DistributedContext,
     context_from_environment,
     destroy_process_group,
     init_process_group,
 )
+from transformer.training.finetune import copy_tokenizer, load_parent_weights
 from transformer.training.run import (
     RunDirectory,
     RunStart,
@@ -65,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --run-dir from last.pt"
     )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="RUN_OR_CHECKPOINT",
+        help="start from a trained run's weights and tokenizer (fine-tuning): a run directory "
+        "(its best checkpoint, else last) or a checkpoint file in its checkpoints/",
+    )
     parser.add_argument("--verbose", action="store_true", help="log debug messages")
     return parser
 
@@ -87,7 +95,7 @@ def train(argv: list[str] | None = None) -> int:
     if not context.is_main:
         logging.getLogger("transformer").setLevel(logging.WARNING)
     with _log_buffer() as log:
-        start = plan_run(run_dir, args.config, args.overrides, args.resume)
+        start = plan_run(run_dir, args.config, args.overrides, args.resume, args.init_from)
         device = resolve_device(start.config.training.device, "training.device")
         if context.enabled and device.type == "cuda":
             device = torch.device("cuda", context.local_rank)
@@ -129,9 +137,17 @@ def _set_up_and_train(
             "run directory %s, device %s, %d process(es)", run_dir, device, context.world_size
         )
         tokenizer_dir = run.staging  # None: the run's own tokenizer/
-        data = prepare_data(config, run_dir, context, start.reuse_tokenizer, tokenizer_dir)
+        reuse_tokenizer = start.reuse_tokenizer
+        if start.parent is not None and not reuse_tokenizer:
+            if context.is_main:
+                copy_tokenizer(start.parent.run_dir, run.staging or run_dir / TOKENIZER_DIR)
+            context.barrier()
+            reuse_tokenizer = True
+        data = prepare_data(config, run_dir, context, reuse_tokenizer, tokenizer_dir)
         config = resolve_model_config(config, data.tokenizers)
         model = build_model(config, config.training.seed + context.rank, device)
+        if start.parent is not None:
+            load_parent_weights(model, start.parent)
         trainer = Trainer(
             config, model, data.tokenizers, data.train, data.valid, run_dir, device, context
         )

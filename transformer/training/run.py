@@ -15,8 +15,10 @@ from transformer.config import (
     Config,
     ConfigError,
     config_changes,
+    config_from_dict,
     config_to_dict,
     load_config,
+    load_config_values,
     save_config,
 )
 from transformer.data.corpus import (
@@ -44,6 +46,7 @@ from transformer.training.checkpoint import (
     checkpoint_dir,
 )
 from transformer.training.distributed import DistributedContext
+from transformer.training.finetune import Parent, find_parent, inherit_config
 from transformer.training.lock import RunLock
 
 logger = logging.getLogger(__name__)
@@ -65,18 +68,31 @@ class RunStart:
     config: Config
     resume_from: Path | None = None  # last.pt; None: from step 0
     reuse_tokenizer: bool = False  # load the run's tokenizer rather than train a new one
+    parent: Parent | None = None  # a fine-tuning's parent: its weights (and, new, tokenizer)
 
 
 def plan_run(
-    run_dir: Path, config_path: Path | None, overrides: list[str], resume: bool
+    run_dir: Path,
+    config_path: Path | None,
+    overrides: list[str],
+    resume: bool,
+    init_from: Path | None = None,
 ) -> RunStart:
     """Decide, from the command line and what `run_dir` holds, how to start; writes nothing.
 
     A new run needs --config and a directory without checkpoints (one with only a config,
-    left by a run stopped before its first checkpoint, starts afresh). --resume continues
-    from last.pt with the run's config.yaml, or with --config if given; either may be
-    changed by --set, but not in model.* or tokenizer.* (see `check_resume_changes`).
+    left by a run stopped before its first checkpoint, starts afresh); with `init_from`
+    (or the config's training.init_from) it starts from that trained run's weights and
+    tokenizer (`transformer.training.finetune`). --resume continues from last.pt with the
+    run's config.yaml, or with --config if given; either may be changed by --set, but not in
+    model.* or tokenizer.* (see `check_resume_changes`). A fine-tuned run resumes from its
+    own last.pt: its parent is not read again.
     """
+    if init_from is not None and resume:
+        raise UserError(
+            "--init-from starts a new run from a trained one, --resume continues a run: give "
+            "one of them (a fine-tuned run continues with --resume alone)"
+        )
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--run-dir {run_dir} is not a directory")
     config_file = run_dir / CONFIG_FILE
@@ -90,14 +106,21 @@ def plan_run(
             )
         if config_path is None:
             raise UserError("give --config FILE to start a new run")
-        config = load_config(config_path, overrides)
+        values = load_config_values(config_path, overrides)
+        config = config_from_dict(values, str(config_path))
+        parent = None
+        if init_from is not None or config.training.init_from is not None:
+            parent = find_parent(init_from or Path(str(config.training.init_from)))
+            config = inherit_config(parent.config, values, str(config_path))
+            training = dataclasses.replace(config.training, init_from=str(parent.checkpoint))
+            config = dataclasses.replace(config, training=training)
         if config_file.is_file():
             logger.info(
                 "%s holds a config but no checkpoint (a run stopped before its first one): "
                 "starting afresh",
                 run_dir,
             )
-        return RunStart(config)
+        return RunStart(config, parent=parent)
     if not config_file.is_file():
         raise UserError(
             f"--resume: {run_dir} holds no run to resume (no {CONFIG_FILE}, no "
@@ -105,6 +128,18 @@ def plan_run(
         )
     saved = load_config(config_file)
     config = load_config(config_path or config_file, overrides)
+    parent = None
+    if saved.training.init_from is not None:
+        # a fine-tuned run: what --config leaves out of model.* and tokenizer.* is the run's
+        source = config_path or config_file
+        config = inherit_config(
+            saved, load_config_values(source, overrides), str(source), "the run"
+        )
+        if not last.is_file() and not has_checkpoints:  # stopped before its first checkpoint
+            parent = find_parent(Path(saved.training.init_from))
+    # training.init_from records how the run began: a resume does not change it
+    training = dataclasses.replace(config.training, init_from=saved.training.init_from)
+    config = dataclasses.replace(config, training=training)
     check_resume_changes(saved, config, run_dir)
     if last.is_file():
         return RunStart(config, resume_from=last, reuse_tokenizer=True)
@@ -119,7 +154,7 @@ def plan_run(
         run_dir,
         CONFIG_FILE,
     )
-    return RunStart(config, reuse_tokenizer=(run_dir / TOKENIZER_DIR).is_dir())
+    return RunStart(config, reuse_tokenizer=(run_dir / TOKENIZER_DIR).is_dir(), parent=parent)
 
 
 def check_resume_changes(saved: Config, config: Config, run_dir: Path) -> None:
