@@ -533,7 +533,7 @@ def test_a_skipped_step_leaves_parameters_and_optimizer_as_they_were_with_a_grad
 
 
 def test_non_finite_parameters_are_never_saved(trained: Path, tmp_path: Path) -> None:
-    from transformer.training.trainer import DivergenceError
+    from transformer.training.divergence import DivergenceError
 
     trainer = _trainer(trained, tmp_path / "copy")
     with torch.no_grad():

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from transformer.config import Config, TrainingConfig, config_changes, config_to_dict
+from transformer.config import Config, config_changes, config_to_dict
 from transformer.data.batching import Batch, TokenBatchSampler
 from transformer.data.corpus import EncodedCorpus
 from transformer.data.special_ids import PAD_ID
@@ -33,6 +33,7 @@ from transformer.training.checkpoint import (
     save_checkpoint,
 )
 from transformer.training.distributed import DistributedContext
+from transformer.training.divergence import DivergenceError, divergence_error
 from transformer.training.loss import TranslationLoss
 from transformer.training.report import StepReport
 from transformer.training.retention import CheckpointRetention
@@ -78,20 +79,6 @@ class StopRequest:
     """Asks a training to stop at the next step boundary; the CLI sets it from a signal."""
 
     signum: int | None = None
-
-
-class DivergenceError(UserError):
-    """The loss, the gradients or the parameters became non-finite; nothing of it was saved."""
-
-
-def _lower_after_divergence(key: str, value: float) -> float:
-    """The training.`key` (lr or lr_scale) to suggest after a divergence at `value`.
-
-    A tenth of it, and at most the default: halving a value far too large (lr 1e6) would
-    take twenty runs that diverge again.
-    """
-    default = {field.name: field.default for field in dataclasses.fields(TrainingConfig)}[key]
-    return min(value / 10, default)
 
 
 class Trainer:
@@ -488,18 +475,5 @@ class Trainer:
 
     def diverged(self, what: str) -> DivergenceError:
         """The error that ends a diverged training: what happened, and which setting to lower."""
-        key = "lr_scale" if self.cfg.schedule == "noam" else "lr"
-        value = getattr(self.cfg, key)
-        lower = _lower_after_divergence(key, value)
-        last = checkpoint_dir(self.run_dir) / "last.pt"
-        since = (
-            f"continue from {last} (step {self.saved_step}) with "
-            f"--resume --set training.{key}={lower:g}"
-            if self.saved_step >= 0
-            else f"start again with --set training.{key}={lower:g}"
-        )
-        return DivergenceError(
-            f"training diverged at step {self.progress.step}: {what}; nothing non-finite was "
-            f"saved. Lower training.{key} (now {value:g}) or raise training.warmup_steps (now "
-            f"{self.cfg.warmup_steps}): {since}"
-        )
+        last = checkpoint_dir(self.run_dir) / "last.pt" if self.saved_step >= 0 else None
+        return divergence_error(self.cfg, self.progress.step, what, last, self.saved_step)
