@@ -1,0 +1,231 @@
+"""Hugging Face MarianMT folders in and out: `transformer-import --from hf`, built offline.
+
+A tiny MarianMTModel (random weights, seeded) and its tokenizer (two SentencePiece models
+trained here on the shipped corpus, a vocab.json built as Marian's) are saved with
+`save_pretrained`, imported, and compared with Hugging Face's own computation.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from transformer.cli import imports  # noqa: E402
+from transformer.data.special_ids import PAD_ID  # noqa: E402
+from transformer.decoding.search import beam_search, greedy_search  # noqa: E402
+from transformer.decoding.translator import Translator  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+MAX_NEW = 12
+
+
+def _train_spm(lines: list[str], vocab_size: int) -> bytes:
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        minloglevel=2,
+        num_threads=1,
+    )
+    return model.getvalue()
+
+
+def _lines(name: str, count: int) -> list[str]:
+    return (DATA / name).read_text(encoding="utf-8").splitlines()[:count]
+
+
+def _marian_vocab(source: bytes, target: bytes) -> dict[str, int]:
+    """Marian's numbering: </s> 0, <unk> 1, the pieces of both models, <pad> last."""
+    pieces = ["</s>", "<unk>"]
+    for proto in (source, target):
+        processor = spm.SentencePieceProcessor(model_proto=proto)
+        for i in range(processor.get_piece_size()):
+            piece = processor.id_to_piece(i)
+            if piece not in pieces and piece not in ("<s>",):
+                pieces.append(piece)
+    pieces.append("<pad>")
+    return {piece: i for i, piece in enumerate(pieces)}
+
+
+def build_marian_folder(folder: Path, **overrides: object) -> None:
+    """A MarianMT folder as save_pretrained writes it: random weights, seeded."""
+    folder.mkdir(parents=True)
+    source = _train_spm(_lines("train.en", 400), 120)
+    target = _train_spm(_lines("train.de", 400), 120)
+    (folder / "source.spm").write_bytes(source)
+    (folder / "target.spm").write_bytes(target)
+    vocab = _marian_vocab(source, target)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    pad = vocab["<pad>"]
+    settings = dict(
+        vocab_size=len(vocab), d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+        decoder_ffn_dim=64, max_position_embeddings=256, pad_token_id=pad, eos_token_id=0,
+        decoder_start_token_id=pad, scale_embedding=True, activation_function="swish",
+    )  # fmt: skip
+    settings.update(overrides)
+    config = transformers.MarianConfig(**settings)
+    torch.manual_seed(0)
+    model = transformers.MarianMTModel(config)
+    tokenizer = transformers.MarianTokenizer(
+        str(folder / "source.spm"), str(folder / "target.spm"), str(folder / "vocab.json")
+    )
+    _fit(model, tokenizer)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _fit(model: torch.nn.Module, tokenizer: object, steps: int = 150) -> None:
+    """A few training steps on the corpus: a random model repeats one token for ever, a
+    briefly trained one writes varied outputs that end (what greedy and beam must agree on)."""
+    pairs = sorted(zip(_lines("train.en", 2000), _lines("train.de", 2000), strict=True), key=len)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for step in range(steps):
+        chunk = pairs[(step * 32) % 384 : (step * 32) % 384 + 32]
+        batch = tokenizer(
+            [s for s, _ in chunk], text_target=[t for _, t in chunk], return_tensors="pt",
+            padding=True,
+        )  # fmt: skip
+        batch["labels"][batch["labels"] == tokenizer.pad_token_id] = -100
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    with torch.no_grad():  # a bias that matters: the import must permute it with the rows
+        model.final_logits_bias.normal_(0.0, 0.1)
+    model.eval()
+
+
+@pytest.fixture(scope="module")
+def marian(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The folder, its model and tokenizer as Hugging Face loads them, and our import."""
+    root = tmp_path_factory.mktemp("marian")
+    build_marian_folder(root / "hf")
+    assert imports.main(["--from", "hf", str(root / "hf"), "--run-dir", str(root / "run")]) == 0
+    hf_model = transformers.MarianMTModel.from_pretrained(root / "hf").eval()
+    hf_model.generation_config.forced_eos_token_id = None  # ours stops at the limit as it is
+    tokenizer = transformers.MarianTokenizer.from_pretrained(root / "hf")
+    translator = Translator.from_run(root / "run", device="cpu")
+    vocab = json.loads((root / "hf" / "vocab.json").read_text(encoding="utf-8"))
+    ours = translator.tokenizers.tgt
+    to_ours = {marian_id: ours.pieces.index(piece) for piece, marian_id in vocab.items()}
+    return {
+        "root": root, "hf": hf_model, "tokenizer": tokenizer, "translator": translator,
+        "to_ours": to_ours, "pad": vocab["<pad>"],
+    }  # fmt: skip
+
+
+def _our_batch(marian: dict, rows: list[list[int]]) -> torch.Tensor:
+    """Marian id rows (padded with Marian's pad) -> our ids, padded with ours."""
+    to_ours = marian["to_ours"]
+    return torch.tensor([[to_ours[i] for i in row] for row in rows])
+
+
+def _sources(marian: dict, count: int = 6) -> tuple[dict, torch.Tensor]:
+    texts = _lines("test.en", count)
+    batch = marian["tokenizer"](texts, return_tensors="pt", padding=True)
+    return batch, _our_batch(marian, batch["input_ids"].tolist())
+
+
+def test_imported_tokenizer_gives_marians_ids_in_our_numbering(marian: dict) -> None:
+    batch, src = _sources(marian)
+    for text, row in zip(_lines("test.en", 6), src.tolist(), strict=True):
+        expected = [i for i in row if i != PAD_ID]
+        assert marian["translator"].source_ids(text) == expected
+
+
+def test_imported_logits_equal_hugging_faces_on_a_padded_batch(marian: dict) -> None:
+    batch, src = _sources(marian)
+    labels = marian["tokenizer"](
+        text_target=_lines("test.de", 6), return_tensors="pt", padding=True
+    )["input_ids"]
+    start = torch.full((labels.size(0), 1), marian["pad"])
+    decoder_in = torch.cat([start, labels[:, :-1]], dim=1)  # shift_tokens_right
+    with torch.no_grad():
+        theirs = marian["hf"](**batch, decoder_input_ids=decoder_in).logits.log_softmax(-1)
+        ours = marian["translator"].model(src, _our_batch(marian, decoder_in.tolist()))
+    ours = ours.float().log_softmax(-1)
+    marian_ids = sorted(marian["to_ours"])
+    our_ids = [marian["to_ours"][i] for i in marian_ids]
+    real = decoder_in != marian["pad"]
+    real[:, 0] = True  # the start token
+    difference = (ours[..., our_ids] - theirs[..., marian_ids]).abs()[real]
+    assert difference.max().item() < 1e-4
+
+
+def _hf_outputs(marian: dict, batch: dict, **generate: object) -> list[list[int]]:
+    with torch.no_grad():
+        out = marian["hf"].generate(
+            **batch, max_new_tokens=MAX_NEW, do_sample=False, bad_words_ids=[[marian["pad"]]],
+            **generate,
+        )  # fmt: skip
+    results = []
+    for row in out[:, 1:].tolist():
+        tokens = row[: row.index(0)] if 0 in row else row  # up to </s> (Marian id 0)
+        results.append([marian["to_ours"][i] for i in tokens])
+    return results
+
+
+def test_imported_greedy_search_equals_hugging_faces_generate(marian: dict) -> None:
+    batch, src = _sources(marian)
+    ours = greedy_search(marian["translator"].model, src, 0.0, MAX_NEW)
+    assert [hyps[0].tokens for hyps in ours] == _hf_outputs(marian, batch, num_beams=1)
+
+
+def test_imported_beam_search_without_length_penalty_equals_hugging_faces(marian: dict) -> None:
+    batch, src = _sources(marian)
+    ours = beam_search(marian["translator"].model, src, 5, 0.0, MAX_NEW, length_penalty=0.0)
+    theirs = _hf_outputs(marian, batch, num_beams=5, length_penalty=0.0, early_stopping=False)
+    assert [hyps[0].tokens for hyps in ours] == theirs
+
+
+def test_imported_run_translates_from_the_command_line(marian: dict, capsys) -> None:
+    from transformer.cli import translate
+
+    code = translate.main(["--run", str(marian["root"] / "run"), "--text", "how are you"])
+    assert code == 0
+    assert capsys.readouterr().out.strip()
+
+
+def _import_error(capsys, folder: Path, run: Path) -> str:
+    code = imports.main(["--from", "hf", str(folder), "--run-dir", str(run)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and not run.exists()
+    return err[0]
+
+
+def test_a_field_the_model_cannot_represent_is_refused_naming_it(
+    marian: dict, tmp_path: Path, capsys
+) -> None:
+    folder = tmp_path / "hf"
+    shutil.copytree(marian["root"] / "hf", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["activation_function"] = "tanh"
+    (folder / "config.json").write_text(json.dumps(config))
+    assert "activation_function" in _import_error(capsys, folder, tmp_path / "run")
+    config["activation_function"] = "swish"
+    config["scale_embedding"] = False
+    (folder / "config.json").write_text(json.dumps(config))
+    assert "scale_embedding" in _import_error(capsys, folder, tmp_path / "run")
+
+
+def test_a_missing_or_damaged_file_is_refused_in_one_line(
+    marian: dict, tmp_path: Path, capsys
+) -> None:
+    folder = tmp_path / "hf"
+    shutil.copytree(marian["root"] / "hf", folder)
+    (folder / "target.spm").unlink()
+    assert "target.spm" in _import_error(capsys, folder, tmp_path / "run")
+    shutil.copy(marian["root"] / "hf" / "target.spm", folder / "target.spm")
+    (folder / "model.safetensors").write_bytes(b"not weights")
+    assert "model.safetensors" in _import_error(capsys, folder, tmp_path / "run")
