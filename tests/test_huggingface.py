@@ -18,6 +18,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from tiny_runs import make_tiny_run, train_tiny_run  # noqa: E402
+
+from transformer.cli import export as export_cli  # noqa: E402
 from transformer.cli import imports  # noqa: E402
 from transformer.data.special_ids import PAD_ID  # noqa: E402
 from transformer.decoding.search import beam_search, greedy_search  # noqa: E402
@@ -229,3 +232,82 @@ def test_a_missing_or_damaged_file_is_refused_in_one_line(
     shutil.copy(marian["root"] / "hf" / "target.spm", folder / "target.spm")
     (folder / "model.safetensors").write_bytes(b"not weights")
     assert "model.safetensors" in _import_error(capsys, folder, tmp_path / "run")
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _export(capsys, run: Path, output: Path) -> tuple[int, list[str]]:
+    code = export_cli.main(["--run", str(run), "--format", "hf", "--output", str(output)])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def _checkpoint_weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "best.pt", weights_only=False)["model"]
+
+
+def test_import_export_import_round_trip_is_exact(marian: dict, tmp_path: Path, capsys) -> None:
+    code, _ = _export(capsys, marian["root"] / "run", tmp_path / "hf")
+    assert code == 0
+    assert (
+        imports.main(["--from", "hf", str(tmp_path / "hf"), "--run-dir", str(tmp_path / "again")])
+        == 0
+    )
+    before, after = (
+        _checkpoint_weights(marian["root"] / "run"),
+        _checkpoint_weights(tmp_path / "again"),
+    )
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    first = Translator.from_run(marian["root"] / "run", device="cpu")
+    second = Translator.from_run(tmp_path / "again", device="cpu")
+    texts = _lines("test.en", 8)
+    assert first.translate(texts) == second.translate(texts)
+
+
+def test_exported_trained_run_generates_our_greedy_outputs_in_hugging_face(
+    tmp_path: Path, capsys
+) -> None:
+    run = train_tiny_run(tmp_path / "run")  # joint SentencePiece, interleaved sinusoids, relu
+    code, _ = _export(capsys, run, tmp_path / "hf")
+    assert code == 0
+    hf_model = transformers.MarianMTModel.from_pretrained(tmp_path / "hf").eval()
+    tokenizer = transformers.MarianTokenizer.from_pretrained(tmp_path / "hf")
+    translator = Translator.from_run(run, device="cpu")
+    vocab = json.loads((tmp_path / "hf" / "vocab.json").read_text(encoding="utf-8"))
+    ours = translator.tokenizers.tgt
+    to_ours = {i: ours._sp.piece_to_id(piece) for piece, i in vocab.items()}
+    texts = _lines("test.en", 40)
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    src = torch.tensor([[to_ours[i] for i in row] for row in batch["input_ids"].tolist()])
+    for text, row in zip(texts, src.tolist(), strict=True):
+        assert translator.source_ids(text) == [i for i in row if i != PAD_ID]
+    expected = [hyps[0].tokens for hyps in greedy_search(translator.model, src, 0.0, MAX_NEW)]
+    with torch.no_grad():
+        out = hf_model.generate(**batch, max_new_tokens=MAX_NEW, num_beams=1, do_sample=False)
+    eos = vocab["</s>"]
+    theirs = [row[: row.index(eos)] if eos in row else row for row in out[:, 1:].tolist()]
+    assert [[to_ours[i] for i in row] for row in theirs] == expected
+    assert any(len(tokens) > 2 for tokens in expected)
+
+
+def test_export_refuses_a_model_marian_cannot_represent_naming_the_key(
+    tmp_path: Path, capsys
+) -> None:
+    run = make_tiny_run(tmp_path / "run", norm_position="pre")
+    code, err = _export(capsys, run, tmp_path / "hf")
+    assert code == 2 and len(err) == 1 and "model.norm_position" in err[0]
+    assert not (tmp_path / "hf").exists()
+
+
+def test_export_refuses_to_replace_a_directory_of_other_files(tmp_path: Path, capsys) -> None:
+    run = make_tiny_run(tmp_path / "run")
+    output = tmp_path / "hf"
+    output.mkdir()
+    (output / "notes.txt").write_text("mine")
+    code, err = _export(capsys, run, output)
+    assert code == 2 and len(err) == 1 and "not an earlier hf export" in err[0]
+    assert [p.name for p in output.iterdir()] == ["notes.txt"]
+    (output / "notes.txt").unlink()
+    assert _export(capsys, run, output)[0] == 0  # empty: written
+    assert _export(capsys, run, output)[0] == 0  # an earlier export of ours: replaced

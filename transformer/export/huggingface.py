@@ -66,11 +66,10 @@ def model_config_from_marian(hf: dict[str, Any], vocab_size: int) -> ModelConfig
         "scale_embedding": True,  # ours multiply embeddings by √d_model, always
         "normalize_before": False,  # post-norm, as Marian's layers are
         "add_bias_logits": False,
-        "share_encoder_decoder_embeddings": True,  # one vocabulary for both sides
         "tie_word_embeddings": True,
         "static_position_embeddings": True,
     }
-    defaults = {"scale_embedding": False, "share_encoder_decoder_embeddings": True}
+    defaults = {"scale_embedding": False}
     for field, wanted in must.items():
         value = hf.get(field, defaults.get(field, wanted))
         if value != wanted:
@@ -96,7 +95,7 @@ def model_config_from_marian(hf: dict[str, Any], vocab_size: int) -> ModelConfig
             activation=ACTIVATIONS[activation],
             max_positions=int(hf.get("max_position_embeddings", 1024)),
             tie_output_embeddings=True,
-            share_embeddings=True,
+            share_embeddings=bool(hf.get("share_encoder_decoder_embeddings", True)),
             positional_layout="halves",
             output_bias=True,
             decoder_start="pad",
@@ -199,18 +198,23 @@ def marian_state_dict(
 
     rows = torch.tensor([vocab.get(piece, -1) for piece in pieces])  # Marian id of each of ours
     missing = rows < 0  # <s> when the vocabulary lacks it
-    shared = get("model.shared.weight")
-    if shared.size(0) != len(vocab):
+    if config.share_embeddings:
+        source = target = get("model.shared.weight")
+    else:  # one vocabulary, an embedding matrix for each side
+        source = get("model.encoder.embed_tokens.weight")
+        target = get("model.decoder.embed_tokens.weight")
+    if target.size(0) != len(vocab) or source.size(0) != len(vocab):
         raise _refuse("vocab_size", hf.get("vocab_size"), f"{VOCAB_JSON} has {len(vocab)} pieces")
-    embedding = shared[rows.clamp(min=0)]
-    embedding[missing] = 0.0
+    index = rows.clamp(min=0)
+    source, target = source[index], target[index]
+    source[missing], target[missing] = 0.0, 0.0
     bias = weights.get("final_logits_bias", torch.zeros(1, len(vocab))).float().reshape(-1)
-    bias = bias[rows.clamp(min=0)]
+    bias = bias[index]
     bias[missing] = NEVER_BIAS
     state = {
-        "src_embed.embedding.weight": embedding,
-        "tgt_embed.embedding.weight": embedding,
-        "output_proj.weight": embedding,
+        "src_embed.embedding.weight": source,
+        "tgt_embed.embedding.weight": target,
+        "output_proj.weight": target,
         "output_proj.bias": bias,
     }
     for ours, theirs in layer_names(config):
@@ -237,6 +241,11 @@ def import_marian(folder: str | Path, run_dir: str | Path) -> ModelConfig:
     for name in MARIAN_FILES:
         if not (folder / name).is_file():
             raise HuggingFaceError(f"{folder / name} not found (a Marian folder has {name})")
+    if (folder / "target_vocab.json").exists():
+        raise HuggingFaceError(
+            f"{folder / 'target_vocab.json'}: separate source and target vocabularies "
+            "(separate_vocabs) are not supported; only one shared vocab.json"
+        )
     vocab = read_marian_vocabulary(folder / VOCAB_JSON)
     pieces = our_pieces(vocab)
     model_config, state = marian_state_dict(hf, _read_weights(folder), pieces, vocab)
