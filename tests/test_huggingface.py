@@ -18,13 +18,23 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from tiny_runs import make_tiny_run, train_tiny_run  # noqa: E402
+from tiny_runs import (  # noqa: E402
+    PAIRS,
+    VOCAB_SIZE,
+    make_tiny_run,
+    tiny_model_config,
+    train_tiny_run,
+)
 
 from transformer.cli import export as export_cli  # noqa: E402
 from transformer.cli import imports  # noqa: E402
+from transformer.config import Config, TokenizerConfig, config_to_dict, save_config  # noqa: E402
 from transformer.data.special_ids import PAD_ID  # noqa: E402
+from transformer.data.tokenizer import train_tokenizers  # noqa: E402
 from transformer.decoding.search import beam_search, greedy_search  # noqa: E402
 from transformer.decoding.translator import Translator  # noqa: E402
+from transformer.model import Transformer  # noqa: E402
+from transformer.training.checkpoint import save_checkpoint  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 MAX_NEW = 12
@@ -262,7 +272,7 @@ def test_import_export_import_round_trip_is_exact(marian: dict, tmp_path: Path, 
     first = Translator.from_run(marian["root"] / "run", device="cpu")
     second = Translator.from_run(tmp_path / "again", device="cpu")
     texts = _lines("test.en", 8)
-    assert first.translate(texts) == second.translate(texts)
+    assert first.translate(texts) == second.translate(texts)  # the same weights: exactly
 
 
 def test_exported_trained_run_generates_our_greedy_outputs_in_hugging_face(
@@ -311,3 +321,63 @@ def test_export_refuses_to_replace_a_directory_of_other_files(tmp_path: Path, ca
     (output / "notes.txt").unlink()
     assert _export(capsys, run, output)[0] == 0  # empty: written
     assert _export(capsys, run, output)[0] == 0  # an earlier export of ours: replaced
+
+
+def test_import_command_errors_are_one_line_pointing_to_its_help(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        imports.main(["--no-such-option"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("(see transformer-import --help)")
+
+
+def _separate_run(run_dir: Path) -> Path:
+    """A run with a tokenizer per side (each as large as its text allows: of different sizes)
+    and a random model."""
+    config = Config(
+        model=tiny_model_config(),
+        tokenizer=TokenizerConfig(
+            vocab_size=2 * VOCAB_SIZE, joint=False
+        ),  # more than either side reaches
+    )
+    src, tgt = zip(*PAIRS, strict=True)
+    tokenizers = train_tokenizers(config.tokenizer, list(src), list(tgt), run_dir / "tokenizer")
+    config.model.src_vocab_size = tokenizers.src.vocab_size
+    config.model.tgt_vocab_size = tokenizers.tgt.vocab_size
+    save_config(config, run_dir / "config.yaml")
+    torch.manual_seed(0)
+    state = {"model": Transformer(config.model).state_dict(), "config": config_to_dict(config)}
+    for name in ("best.pt", "last.pt"):
+        save_checkpoint(state, run_dir / "checkpoints" / name)
+    return run_dir
+
+
+def test_separate_tokenizers_export_as_two_vocabularies_and_translate_alike_after_import(
+    tmp_path: Path, capsys
+) -> None:
+    run = _separate_run(tmp_path / "run")
+    assert _export(capsys, run, tmp_path / "hf")[0] == 0
+    assert (tmp_path / "hf" / "target_vocab.json").is_file()
+    hf_model = transformers.MarianMTModel.from_pretrained(tmp_path / "hf").eval()
+    tokenizer = transformers.MarianTokenizer.from_pretrained(tmp_path / "hf")
+    translator = Translator.from_run(run, device="cpu")
+    vocab = json.loads((tmp_path / "hf" / "vocab.json").read_text(encoding="utf-8"))
+    target_vocab = json.loads((tmp_path / "hf" / "target_vocab.json").read_text(encoding="utf-8"))
+    assert len(vocab) != len(target_vocab)  # the case where <pad> cannot be last on both sides
+    src_ids = {i: translator.tokenizers.src._sp.piece_to_id(p) for p, i in vocab.items()}
+    tgt_ids = {i: translator.tokenizers.tgt._sp.piece_to_id(p) for p, i in target_vocab.items()}
+    texts = [source for source, _ in PAIRS]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    src = torch.tensor([[src_ids[i] for i in row] for row in batch["input_ids"].tolist()])
+    expected = [hyps[0].tokens for hyps in greedy_search(translator.model, src, 0.0, MAX_NEW)]
+    with torch.no_grad():
+        out = hf_model.generate(**batch, max_new_tokens=MAX_NEW, num_beams=1, do_sample=False)
+    eos = target_vocab["</s>"]
+    theirs = [row[: row.index(eos)] if eos in row else row for row in out[:, 1:].tolist()]
+    assert [[tgt_ids[i] for i in row] for row in theirs] == expected
+    assert (
+        imports.main(["--from", "hf", str(tmp_path / "hf"), "--run-dir", str(tmp_path / "b")]) == 0
+    )
+    back = Translator.from_run(tmp_path / "b", device="cpu")  # halves now: permuted features
+    tokens = [[t.tokens for t in nbest] for nbest in translator.translate(texts)]
+    assert [[t.tokens for t in nbest] for nbest in back.translate(texts)] == tokens

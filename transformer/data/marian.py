@@ -22,6 +22,7 @@ from transformer.errors import UserError
 SOURCE_SPM = "source.spm"
 TARGET_SPM = "target.spm"
 VOCAB_JSON = "vocab.json"
+TARGET_VOCAB_JSON = "target_vocab.json"  # only with separate vocabularies (separate_vocabs)
 MARIAN_FILES = (SOURCE_SPM, TARGET_SPM, VOCAB_JSON)
 SPECIAL_PIECES = {PAD_ID: "<pad>", UNK_ID: "<unk>", BOS_ID: "<s>", EOS_ID: "</s>"}
 _SKIPPED_IN_DECODE = frozenset({PAD_ID, BOS_ID, EOS_ID})
@@ -125,14 +126,17 @@ def is_marian_directory(directory: Path) -> bool:
 
 
 def load_marian_tokenizers(directory: Path) -> tuple[MarianTokenizer, MarianTokenizer]:
-    """The source and target sides of the Marian tokenizer files in `directory`."""
+    """The source and target sides of the Marian tokenizer files in `directory`: one shared
+    vocab.json, or vocab.json for the source and target_vocab.json for the target."""
     for name in MARIAN_FILES:
         if not (directory / name).is_file():
             raise MarianVocabularyError(
                 f"{directory} holds Marian tokenizer files but no {name} "
                 f"(it needs {', '.join(MARIAN_FILES)})"
             )
-    vocab = directory / VOCAB_JSON
+    vocab, target_vocab = directory / VOCAB_JSON, directory / TARGET_VOCAB_JSON
+    if not target_vocab.is_file():
+        target_vocab = vocab
     return MarianTokenizer(directory / SOURCE_SPM, vocab), MarianTokenizer(
-        directory / TARGET_SPM, vocab
+        directory / TARGET_SPM, target_vocab
     )

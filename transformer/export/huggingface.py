@@ -26,7 +26,13 @@ from typing import Any
 import torch
 
 from transformer.config import Config, ModelConfig, config_to_dict, save_config
-from transformer.data.marian import MARIAN_FILES, VOCAB_JSON, our_pieces, read_marian_vocabulary
+from transformer.data.marian import (
+    MARIAN_FILES,
+    TARGET_VOCAB_JSON,
+    VOCAB_JSON,
+    our_pieces,
+    read_marian_vocabulary,
+)
 from transformer.errors import UserError
 from transformer.files import atomic_directory
 from transformer.model.transformer import build_model
@@ -55,8 +61,11 @@ def _refuse(field: str, value: Any, why: str) -> HuggingFaceError:
     return HuggingFaceError(f"{CONFIG_JSON}: {field} is {value!r}; {why}")
 
 
-def model_config_from_marian(hf: dict[str, Any], vocab_size: int) -> ModelConfig:
-    """Our ModelConfig for a MarianConfig (config.json), or an error naming the field."""
+def model_config_from_marian(
+    hf: dict[str, Any], src_vocab_size: int, tgt_vocab_size: int, separate: bool = False
+) -> ModelConfig:
+    """Our ModelConfig for a MarianConfig (config.json), or an error naming the field;
+    `separate`: the folder has a target vocabulary of its own (target_vocab.json)."""
     if hf.get("model_type") != "marian":
         raise _refuse("model_type", hf.get("model_type"), "only marian models are imported")
     activation = hf.get("activation_function", "gelu")
@@ -79,12 +88,15 @@ def model_config_from_marian(hf: dict[str, Any], vocab_size: int) -> ModelConfig
         if hf.get(ours) != hf.get(theirs):
             raise _refuse(theirs, hf.get(theirs), f"must equal {ours} ({hf.get(ours)!r})")
     decoder_vocab = hf.get("decoder_vocab_size")
-    if decoder_vocab not in (None, hf.get("vocab_size")):
+    if not separate and decoder_vocab not in (None, hf.get("vocab_size")):
         raise _refuse("decoder_vocab_size", decoder_vocab, "must equal vocab_size")
+    shared = bool(hf.get("share_encoder_decoder_embeddings", True))
+    if separate and shared:
+        raise _refuse("share_encoder_decoder_embeddings", True, f"not with {TARGET_VOCAB_JSON}")
     try:
         return ModelConfig(
-            src_vocab_size=vocab_size,
-            tgt_vocab_size=vocab_size,
+            src_vocab_size=src_vocab_size,
+            tgt_vocab_size=tgt_vocab_size,
             d_model=int(hf["d_model"]),
             num_heads=int(hf["encoder_attention_heads"]),
             d_ff=int(hf["encoder_ffn_dim"]),
@@ -95,7 +107,7 @@ def model_config_from_marian(hf: dict[str, Any], vocab_size: int) -> ModelConfig
             activation=ACTIVATIONS[activation],
             max_positions=int(hf.get("max_position_embeddings", 1024)),
             tie_output_embeddings=True,
-            share_embeddings=bool(hf.get("share_encoder_decoder_embeddings", True)),
+            share_embeddings=shared,
             positional_layout="halves",
             output_bias=True,
             decoder_start="pad",
@@ -176,18 +188,36 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return hf
 
 
+def _side(matrix: torch.Tensor, pieces: list[str], vocab: dict[str, int]) -> torch.Tensor:
+    """Rows of a Marian matrix (Marian id order) in our id order; a piece that the
+    vocabulary lacks (<s>) gets a row of zeros. (V_marian, ...) -> (V_ours, ...)."""
+    rows = torch.tensor([vocab.get(piece, -1) for piece in pieces])  # Marian id of each of ours
+    taken = matrix[rows.clamp(min=0)]
+    taken[rows < 0] = 0.0
+    return taken
+
+
 def marian_state_dict(
-    hf: dict[str, Any], weights: dict[str, torch.Tensor], pieces: list[str], vocab: dict[str, int]
+    hf: dict[str, Any],
+    weights: dict[str, torch.Tensor],
+    vocab: dict[str, int],
+    target_vocab: dict[str, int] | None = None,
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """Our config and state dict from Marian's config, weights and vocabulary."""
-    config = model_config_from_marian(hf, len(pieces))
+    """Our config and state dict from Marian's config, weights and vocabularies (the target's
+    own with separate vocabularies; None: the shared one)."""
+    tgt_vocab = vocab if target_vocab is None else target_vocab
+    pieces, tgt_pieces = our_pieces(vocab), our_pieces(tgt_vocab)
+    config = model_config_from_marian(hf, len(pieces), len(tgt_pieces), target_vocab is not None)
     for field, piece in (("pad_token_id", "<pad>"), ("eos_token_id", "</s>")):
-        if hf.get(field) != vocab[piece]:
-            raise _refuse(field, hf.get(field), f"{VOCAB_JSON} gives {piece} the id {vocab[piece]}")
+        for name, numbering in ((VOCAB_JSON, vocab), (TARGET_VOCAB_JSON, tgt_vocab)):
+            if hf.get(field) != numbering[piece]:
+                raise _refuse(
+                    field, hf.get(field), f"{name} gives {piece} the id {numbering[piece]}"
+                )
     start = hf.get("decoder_start_token_id", hf.get("pad_token_id"))
-    if start == vocab.get("<s>") and start is not None:
+    if start == tgt_vocab.get("<s>") and start is not None:
         config.decoder_start = "bos"
-    elif start != vocab["<pad>"]:
+    elif start != tgt_vocab["<pad>"]:
         raise _refuse("decoder_start_token_id", start, "only the id of <pad> or <s> is supported")
 
     def get(name: str) -> torch.Tensor:
@@ -196,23 +226,21 @@ def marian_state_dict(
         except KeyError:
             raise HuggingFaceError(f"the weights have no {name}") from None
 
-    rows = torch.tensor([vocab.get(piece, -1) for piece in pieces])  # Marian id of each of ours
-    missing = rows < 0  # <s> when the vocabulary lacks it
     if config.share_embeddings:
         source = target = get("model.shared.weight")
-    else:  # one vocabulary, an embedding matrix for each side
+    else:  # an embedding matrix for each side
         source = get("model.encoder.embed_tokens.weight")
         target = get("model.decoder.embed_tokens.weight")
-    if target.size(0) != len(vocab) or source.size(0) != len(vocab):
-        raise _refuse("vocab_size", hf.get("vocab_size"), f"{VOCAB_JSON} has {len(vocab)} pieces")
-    index = rows.clamp(min=0)
-    source, target = source[index], target[index]
-    source[missing], target[missing] = 0.0, 0.0
-    bias = weights.get("final_logits_bias", torch.zeros(1, len(vocab))).float().reshape(-1)
-    bias = bias[index]
-    bias[missing] = NEVER_BIAS
+    for matrix, numbering, field in ((source, vocab, "vocab_size"),
+                                     (target, tgt_vocab, "decoder_vocab_size")):  # fmt: skip
+        if matrix.size(0) != len(numbering):
+            raise _refuse(field, hf.get(field), f"the vocabulary has {len(numbering)} pieces")
+    marian_bias = weights.get("final_logits_bias", torch.zeros(1, len(tgt_vocab)))
+    bias = _side(marian_bias.float().reshape(-1, 1), tgt_pieces, tgt_vocab).reshape(-1)
+    bias[[piece not in tgt_vocab for piece in tgt_pieces]] = NEVER_BIAS
+    target = _side(target, tgt_pieces, tgt_vocab)
     state = {
-        "src_embed.embedding.weight": source,
+        "src_embed.embedding.weight": _side(source, pieces, vocab),
         "tgt_embed.embedding.weight": target,
         "output_proj.weight": target,
         "output_proj.bias": bias,
@@ -241,23 +269,21 @@ def import_marian(folder: str | Path, run_dir: str | Path) -> ModelConfig:
     for name in MARIAN_FILES:
         if not (folder / name).is_file():
             raise HuggingFaceError(f"{folder / name} not found (a Marian folder has {name})")
-    if (folder / "target_vocab.json").exists():
-        raise HuggingFaceError(
-            f"{folder / 'target_vocab.json'}: separate source and target vocabularies "
-            "(separate_vocabs) are not supported; only one shared vocab.json"
-        )
     vocab = read_marian_vocabulary(folder / VOCAB_JSON)
-    pieces = our_pieces(vocab)
-    model_config, state = marian_state_dict(hf, _read_weights(folder), pieces, vocab)
+    separate = (folder / TARGET_VOCAB_JSON).is_file()
+    target_vocab = read_marian_vocabulary(folder / TARGET_VOCAB_JSON) if separate else None
+    model_config, state = marian_state_dict(hf, _read_weights(folder), vocab, target_vocab)
     model = build_model(model_config, fast=False)
     model.load_state_dict(state)  # every parameter given, each of the right shape
     config = Config(model=model_config)
+    config.tokenizer.joint = not separate
+    files = [*MARIAN_FILES, *([TARGET_VOCAB_JSON] if separate else [])]
     checkpoint = {"model": model.state_dict(), "config": config_to_dict(config), "step": 0}
 
     def write(directory: Path) -> None:
         save_config(config, directory / CONFIG_FILE)
         (directory / TOKENIZER_DIR).mkdir()
-        for name in MARIAN_FILES:
+        for name in files:
             shutil.copyfile(folder / name, directory / TOKENIZER_DIR / name)
         for name in ("best.pt", "last.pt"):
             save_checkpoint(checkpoint, directory / CHECKPOINT_DIR / name)

@@ -18,11 +18,11 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from transformer.config import ModelConfig, config_to_dict
-from transformer.data.marian import MarianTokenizer
 from transformer.decoding.translator import Translator, read_run_config
 from transformer.export.huggingface import HuggingFaceError, attention_names, layer_names
 from transformer.export.spec import ExportError
@@ -59,10 +59,23 @@ def check_marian_exportable(config: ModelConfig) -> None:
             )
 
 
-def marian_pieces(pieces: list[str]) -> list[str]:
-    """Our pieces (in our id order) in Marian's order: </s>, <unk>, the others, <pad>."""
+def marian_pieces(pieces: list[str], pad_last: bool = True) -> list[str]:
+    """Our pieces (in our id order) in Marian's order: </s>, <unk>, the others, <pad> (or
+    </s>, <unk>, <pad>, the others)."""
     middle = [piece for piece in pieces if piece not in ("</s>", "<unk>", "<pad>")]
-    return ["</s>", "<unk>", *middle, "<pad>"]
+    if pad_last:
+        return ["</s>", "<unk>", *middle, "<pad>"]
+    return ["</s>", "<unk>", "<pad>", *middle]
+
+
+def _numbering(tokenizer: Any, pad_last: bool) -> tuple[list[str], torch.Tensor]:
+    """One side's pieces in Marian's order, and our id of each (`rows[m]`: Marian id m)."""
+    ours = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
+    if len(set(ours)) != len(ours):
+        raise HuggingFaceError(f"{tokenizer.path}: two ids share a piece; vocab.json cannot map it")
+    pieces = marian_pieces(ours, pad_last)
+    index = {piece: i for i, piece in enumerate(ours)}
+    return pieces, torch.tensor([index[piece] for piece in pieces])
 
 
 def _residual_order(config: ModelConfig) -> torch.Tensor:
@@ -74,9 +87,13 @@ def _residual_order(config: ModelConfig) -> torch.Tensor:
 
 
 def marian_weights(
-    state: dict[str, torch.Tensor], config: ModelConfig, rows: torch.Tensor
+    state: dict[str, torch.Tensor],
+    config: ModelConfig,
+    src_rows: torch.Tensor,
+    tgt_rows: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-    """Marian's state dict from ours; `rows[m]` is our id of Marian id m."""
+    """Marian's state dict from ours; `src_rows[m]` is our source id of Marian's source id m,
+    `tgt_rows` the same for the target."""
     order = _residual_order(config)
 
     def reads(t: torch.Tensor) -> torch.Tensor:  # a weight whose inputs are model features
@@ -85,10 +102,10 @@ def marian_weights(
     def writes(t: torch.Tensor) -> torch.Tensor:  # a weight or bias whose outputs are features
         return t[order].contiguous()
 
-    source = reads(state["src_embed.embedding.weight"][rows].float())
-    target = reads(state["tgt_embed.embedding.weight"][rows].float())
+    source = reads(state["src_embed.embedding.weight"][src_rows].float())
+    target = reads(state["tgt_embed.embedding.weight"][tgt_rows].float())
     bias = state.get("output_proj.bias")
-    bias = torch.zeros(len(rows)) if bias is None else bias[rows].float()
+    bias = torch.zeros(len(tgt_rows)) if bias is None else bias[tgt_rows].float()
     out = {
         "model.encoder.embed_tokens.weight": source,
         "model.decoder.embed_tokens.weight": target,
@@ -154,21 +171,17 @@ def export_huggingface(run_dir: str | Path, output: str | Path, checkpoint: str 
     model_config = config.model
     check_marian_exportable(model_config)
     source, target = tokenizers.src, tokenizers.tgt
-    if not tokenizers.joint:
-        raise ExportError(
-            "tokenizer.joint: false cannot be exported to Hugging Face Marian yet (this "
-            "exporter writes one vocab.json for both sides); train with a joint tokenizer"
-        )
-    ours = [target.id_to_piece(i) for i in range(target.vocab_size)]
-    if len(set(ours)) != len(ours):
-        raise HuggingFaceError(f"{target.path}: two ids share a piece; vocab.json cannot map it")
-    pieces = marian_pieces(ours)
-    index = {piece: i for i, piece in enumerate(ours)}
-    rows = torch.tensor([index[piece] for piece in pieces])
-    vocab = {piece: i for i, piece in enumerate(pieces)}
+    # Marian has one pad_token_id for both sides: <pad> last when the sides have as many
+    # pieces (always with one vocabulary), else third on both.
+    pad_last = source.vocab_size == target.vocab_size
+    src_pieces, src_rows = _numbering(source, pad_last)
+    tgt_pieces, tgt_rows = _numbering(target, pad_last)
+    src_vocab = {piece: i for i, piece in enumerate(src_pieces)}
+    vocab = {piece: i for i, piece in enumerate(tgt_pieces)}  # the target's, for the ids below
     start = "<pad>" if model_config.decoder_start == "pad" else "<s>"
     hf_config = transformers.MarianConfig(
-        vocab_size=len(pieces), decoder_vocab_size=len(pieces), d_model=model_config.d_model,
+        vocab_size=len(src_pieces), decoder_vocab_size=len(tgt_pieces),
+        d_model=model_config.d_model,
         encoder_layers=model_config.num_encoder_layers,
         decoder_layers=model_config.num_decoder_layers,
         encoder_attention_heads=model_config.num_heads,
@@ -183,15 +196,16 @@ def export_huggingface(run_dir: str | Path, output: str | Path, checkpoint: str 
         tie_word_embeddings=True,
     )  # fmt: skip
     hf_model = transformers.MarianMTModel(hf_config)
-    weights = marian_weights(translator.model.state_dict(), model_config, rows)
+    weights = marian_weights(translator.model.state_dict(), model_config, src_rows, tgt_rows)
     missing, unexpected = hf_model.load_state_dict(weights, strict=False)
     if unexpected or [name for name in missing if "embed_positions" not in name]:
         raise ExportError(f"internal: Marian weights do not match ({missing[:2]} {unexpected[:2]})")
     hf_model.generation_config.bad_words_ids = [[vocab["<pad>"]]]  # ours never writes PAD
     hf_model.generation_config.forced_eos_token_id = None
-    spm_files = (
-        (source.path, target.path) if isinstance(source, MarianTokenizer) else (source.path,) * 2
-    )
+    spm_files = (source.path, target.path)  # the joint model twice, or each side's
+    vocab_files = {"vocab.json": src_vocab}
+    if not tokenizers.joint:
+        vocab_files["target_vocab.json"] = vocab
     record = {
         "format": FORMAT,
         "checkpoint": str(path),
@@ -204,11 +218,15 @@ def export_huggingface(run_dir: str | Path, output: str | Path, checkpoint: str 
         hf_model.save_pretrained(directory)
         for file, name in zip(spm_files, ("source.spm", "target.spm"), strict=True):
             shutil.copyfile(file, directory / name)
-        text = json.dumps(vocab, ensure_ascii=False, indent=1)
-        (directory / "vocab.json").write_text(text, encoding="utf-8")
+        for name, numbering in vocab_files.items():
+            text = json.dumps(numbering, ensure_ascii=False, indent=1)
+            (directory / name).write_text(text, encoding="utf-8")
+        separate = "target_vocab.json" in vocab_files
         tokenizer = transformers.MarianTokenizer(
             str(directory / "source.spm"), str(directory / "target.spm"),
             str(directory / "vocab.json"),
+            target_vocab_file=str(directory / "target_vocab.json") if separate else None,
+            separate_vocabs=separate,
         )  # fmt: skip
         tokenizer.save_pretrained(directory)
         files = sorted({*os.listdir(directory), RECORD_FILE})
