@@ -1,4 +1,4 @@
-"""`transformer-export`: a trained run as a CTranslate2 model directory.
+"""`transformer-export`: a trained run as a CTranslate2 model directory or a MarianMT folder.
 
 Examples::
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line options of transformer-export."""
     parser = CommandParser(
         prog="transformer-export",
-        description="Export a trained run to an inference engine's format (CTranslate2).",
+        description="Export a trained run to CTranslate2 or to a Hugging Face MarianMT folder.",
         allow_abbrev=False,
     )
     parser.add_argument("--run", required=True, type=Path, help="the run directory")
@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help=f"the export directory: new, empty, or an earlier export to replace "
-        f"(default: RUN/{DEFAULT_EXPORT_DIR}, where --engine ctranslate2 looks)",
+        f"(default: RUN/{DEFAULT_EXPORT_DIR}, where --engine ctranslate2 looks; with "
+        f"--format {HF_FORMAT}: RUN/{HF_FORMAT})",
     )
     parser.add_argument(
         "--checkpoint",
