@@ -230,6 +230,10 @@ def test_a_field_the_model_cannot_represent_is_refused_naming_it(
     config["scale_embedding"] = False
     (folder / "config.json").write_text(json.dumps(config))
     assert "scale_embedding" in _import_error(capsys, folder, tmp_path / "run")
+    config["scale_embedding"] = True
+    config["normalize_before"] = True
+    (folder / "config.json").write_text(json.dumps(config))
+    assert "normalize_before" in _import_error(capsys, folder, tmp_path / "run")
 
 
 def test_a_missing_or_damaged_file_is_refused_in_one_line(

@@ -74,6 +74,7 @@ def model_config_from_marian(
     must = {
         "scale_embedding": True,  # ours multiply embeddings by √d_model, always
         "normalize_before": False,  # post-norm, as Marian's layers are
+        "normalize_embedding": False,  # no LayerNorm on the embeddings (BART has one)
         "add_bias_logits": False,
         "tie_word_embeddings": True,
         "static_position_embeddings": True,
