@@ -634,3 +634,44 @@ def test_one_dimensional_token_ids_are_rejected() -> None:
 def test_model_needs_vocabulary_sizes() -> None:
     with pytest.raises(ValueError, match="src_vocab_size and tgt_vocab_size"):
         Transformer(ModelConfig(d_model=32, num_heads=2))
+
+
+# --------------------------------------------------------------------------- Marian's switches
+
+
+def test_halves_layout_holds_the_interleaved_sines_then_the_cosines() -> None:
+    from transformer.model.positions import sinusoidal_table
+
+    positions = torch.arange(7)
+    interleaved = sinusoidal_table(positions, 10)
+    halves = sinusoidal_table(positions, 10, "halves")
+    assert torch.equal(halves[:, :5], interleaved[:, 0::2])  # sin(p ω_i)
+    assert torch.equal(halves[:, 5:], interleaved[:, 1::2])  # cos(p ω_i)
+
+
+def test_silu_feed_forward_is_w2_of_silu_of_w1() -> None:
+    torch.manual_seed(0)
+    ffn = FeedForward(8, 16, "silu")
+    x = torch.randn(2, 3, 8)
+    h = x @ ffn.linear1.weight.T + ffn.linear1.bias
+    expected = (h * torch.sigmoid(h)) @ ffn.linear2.weight.T + ffn.linear2.bias
+    torch.testing.assert_close(ffn(x), expected)
+
+
+def test_output_bias_is_added_to_the_logits_and_pad_start_starts_the_decoder_from_pad() -> None:
+    config = ModelConfig(
+        src_vocab_size=11, tgt_vocab_size=11, d_model=8, num_heads=2, d_ff=16,
+        num_encoder_layers=1, num_decoder_layers=1, dropout=0.0,
+        output_bias=True, decoder_start="pad",
+    )  # fmt: skip
+    model = Transformer(config).eval()
+    with torch.no_grad():
+        model.output_proj.bias.copy_(torch.arange(11.0))
+        src, tgt = torch.tensor([[4, 5, 3]]), torch.tensor([[0, 6]])
+        h = model.teacher_forced_states(src, tgt)
+        expected = h @ model.tgt_embed.embedding.weight.T + torch.arange(11.0)
+        torch.testing.assert_close(model(src, tgt), expected)
+    assert (
+        model.special_ids.bos == 0
+        and Transformer(dataclasses.replace(config, decoder_start="bos")).special_ids.bos == 2
+    )

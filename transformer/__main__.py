@@ -11,7 +11,8 @@ COMMANDS = {
     "transformer-average": "average the parameters of several checkpoints",
     "transformer-explain": "follow a sentence through a trained model: shapes and attention",
     "transformer-serve": "serve a trained run: a JSON API and a page that shows its attention",
-    "transformer-export": "export a trained run to CTranslate2 (--engine ctranslate2 decodes it)",
+    "transformer-export": "export a trained run to CTranslate2 or a Hugging Face MarianMT folder",
+    "transformer-import": "import a Hugging Face MarianMT (OPUS-MT) model as a run directory",
 }
 
 

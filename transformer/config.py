@@ -148,6 +148,9 @@ class ModelConfig:
     max_positions: int = 1024
     tie_output_embeddings: bool = True
     share_embeddings: bool = False
+    positional_layout: str = "interleaved"  # sinusoids: interleaved (paper) or halves (Marian)
+    output_bias: bool = False  # a bias b_out on the logits: softmax(h W_outᵀ + b_out) (Marian)
+    decoder_start: str = "bos"  # the decoder's first input: bos (ours) or pad (Marian)
 
     def __post_init__(self) -> None:
         _finite(self)
@@ -166,7 +169,9 @@ class ModelConfig:
             )
         _probability("dropout", self.dropout)
         _probability("attention_dropout", self.attention_dropout)
-        _choice("activation", self.activation, ("relu", "gelu", "swiglu"))
+        _choice("activation", self.activation, ("relu", "gelu", "silu", "swiglu"))
+        _choice("positional_layout", self.positional_layout, ("interleaved", "halves"))
+        _choice("decoder_start", self.decoder_start, ("bos", "pad"))
         _choice("norm_position", self.norm_position, ("post", "pre"))
         _choice("norm", self.norm, ("layernorm", "rmsnorm"))
         _choice("positional_encoding", self.positional_encoding, ("sinusoidal", "learned", "rope"))

@@ -146,8 +146,16 @@ def with_vocabulary_sizes(model: ModelConfig, tokenizers: TokenizerPair) -> Mode
 
 
 def load_tokenizers(directory: str | Path) -> TokenizerPair:
-    """Load ``spm.model`` (joint) or ``src.model`` + ``tgt.model`` from `directory`."""
+    """Load ``spm.model`` (joint) or ``src.model`` + ``tgt.model`` from `directory`, or
+    Marian's ``source.spm`` + ``target.spm`` + ``vocab.json`` (one shared id space: joint),
+    and ``target_vocab.json`` when the target has its own."""
+    from transformer.data.marian import is_marian_directory, load_marian_tokenizers
+
     directory = Path(directory)
+    if is_marian_directory(directory):
+        src_side, tgt_side = load_marian_tokenizers(directory)
+        joint = src_side.vocab_path == tgt_side.vocab_path  # one id space for both sides
+        return TokenizerPair(src_side, tgt_side, joint=joint)  # type: ignore[arg-type]
     joint = directory / JOINT_MODEL
     src, tgt = directory / SRC_MODEL, directory / TGT_MODEL
     if joint.is_file():

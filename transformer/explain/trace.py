@@ -105,7 +105,9 @@ def explain(
     src = torch.tensor([ids], device=translator.device)  # (1, S)
     best = search(model, src, decoding)[0][0]
     produced = [*best.tokens, *([EOS_ID] if best.ended else [])]  # what positions 0..T-1 predict
-    tgt_in = torch.tensor([[BOS_ID, *produced[:-1]]], device=translator.device)  # (1, T)
+    tgt_in = torch.tensor(
+        [[translator.model.special_ids.bos, *produced[:-1]]], device=translator.device
+    )  # (1, T)
 
     target_tokenizer = translator.tokenizers.tgt
     pieces = _Pieces(

@@ -167,9 +167,12 @@ def _stack_options(ct2: ModuleType, config: ModelConfig) -> dict[str, Any]:
     chosen = {  # CTranslate2 argument: (value, our option)
         "pre_norm": (c.norm_position == "pre", "norm_position"),
         "activation": (
-            {"relu": activation.RELU, "gelu": activation.GELU, "swiglu": activation.SWISH}[
-                c.activation
-            ],  # GELU is the exact (erf) one, as F.gelu; SWISH is SiLU
+            {
+                "relu": activation.RELU,
+                "gelu": activation.GELU,
+                "silu": activation.SWISH,
+                "swiglu": activation.SWISH,
+            }[c.activation],  # GELU is the exact (erf) one, as F.gelu; SWISH is SiLU
             "activation",
         ),
     }

@@ -38,16 +38,25 @@ class Embeddings(nn.Module):
         return self.embedding(ids) * self.scale
 
 
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,  # max(0, z), the paper's
+    "gelu": F.gelu,  # z · Φ(z), Φ the standard normal CDF (exact, not the tanh approximation)
+    "silu": F.silu,  # z · sigmoid(z), "swish": Marian's (OPUS-MT) activation
+}
+
+
 class FeedForward(nn.Module):
-    """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2 (GELU instead of ReLU when chosen)."""
+    """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2 (GELU or SiLU instead of ReLU when chosen)."""
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "relu") -> None:
         super().__init__()
-        if activation not in ("relu", "gelu"):
-            raise ValueError(f"activation must be relu or gelu, got {activation!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}"
+            )
         self.linear1 = nn.Linear(d_model, d_ff)  # W_1, b_1
         self.linear2 = nn.Linear(d_ff, d_model)  # W_2, b_2
-        self.activation = F.relu if activation == "relu" else F.gelu
+        self.activation = ACTIVATIONS[activation]
 
     def hidden(self, x: Tensor) -> Tensor:
         """max(0, x W_1 + b_1): (B, T, D) -> (B, T, d_ff)."""
@@ -83,7 +92,7 @@ class SwiGLUFeedForward(nn.Module):
 
 
 def make_feed_forward(spec: LayerSpec) -> nn.Module:
-    """The paper's feed-forward network (relu, gelu), or the gated SwiGLU one (swiglu)."""
+    """The paper's feed-forward network (relu, gelu, silu), or the gated SwiGLU one (swiglu)."""
     if spec.activation == "swiglu":
         return SwiGLUFeedForward(spec.d_model, spec.d_ff)
     return FeedForward(spec.d_model, spec.d_ff, spec.activation)

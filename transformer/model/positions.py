@@ -20,11 +20,26 @@ from torch import Tensor, nn
 BASE = 10000.0  # the paper's wavelength base, also RoPE's
 
 
-def sinusoidal_table(positions: Tensor, d_model: int) -> Tensor:
-    """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(same): (T,) -> (T, D)."""
+LAYOUTS = ("interleaved", "halves")
+
+
+def sinusoidal_table(positions: Tensor, d_model: int, layout: str = "interleaved") -> Tensor:
+    """The paper's sinusoids, (T,) -> (T, D), with ω_i = 1 / 10000^(2i/d_model):
+
+    interleaved (the paper): PE(pos, 2i) = sin(pos ω_i), PE(pos, 2i+1) = cos(pos ω_i);
+    halves (Marian, OPUS-MT): PE(pos, i) = sin(pos ω_i), PE(pos, ⌈D/2⌉ + i) = cos(pos ω_i),
+    the same values with the sines in the first half of the features, the cosines after.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"positional layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     two_i = torch.arange(0, d_model, 2, device=positions.device, dtype=torch.float32)  # (⌈D/2⌉,)
     angles = positions.float()[:, None] / torch.pow(BASE, two_i / d_model)  # (T, ⌈D/2⌉)
     table = torch.empty(positions.numel(), d_model, device=positions.device)
+    if layout == "halves":
+        half = angles.size(1)
+        table[:, :half] = torch.sin(angles)
+        table[:, half:] = torch.cos(angles[:, : d_model // 2])
+        return table  # (T, D)
     table[:, 0::2] = torch.sin(angles)
     table[:, 1::2] = torch.cos(angles[:, : d_model // 2])
     return table  # (T, D)
@@ -38,10 +53,11 @@ class SinusoidalPositionalEncoding(nn.Module):
     positions are computed when asked for.
     """
 
-    def __init__(self, d_model: int, precomputed: int = 1024) -> None:
+    def __init__(self, d_model: int, precomputed: int = 1024, layout: str = "interleaved") -> None:
         super().__init__()
         self.d_model = d_model
-        table = sinusoidal_table(torch.arange(precomputed), d_model)  # (precomputed, D)
+        self.layout = layout
+        table = sinusoidal_table(torch.arange(precomputed), d_model, layout)  # (precomputed, D)
         self.register_buffer("table", table, persistent=False)
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
@@ -50,7 +66,8 @@ class SinusoidalPositionalEncoding(nn.Module):
         if end <= self.table.size(0):
             rows = self.table[offset:end]  # (T, D)
         else:
-            rows = sinusoidal_table(torch.arange(offset, end, device=x.device), self.d_model)
+            positions = torch.arange(offset, end, device=x.device)
+            rows = sinusoidal_table(positions, self.d_model, self.layout)
         return x + rows.to(x.dtype)
 
 

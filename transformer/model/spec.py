@@ -22,7 +22,7 @@ class LayerSpec:
     d_ff: int
     dropout: float = 0.1  # P_drop: sublayer outputs, before Add & Norm
     attention_dropout: float = 0.0  # on the attention weights
-    activation: str = "relu"  # relu (the paper), gelu or swiglu
+    activation: str = "relu"  # relu (the paper), gelu, silu or swiglu
     norm_position: str = "post"  # post (the paper) or pre
     norm: str = "layernorm"  # layernorm (the paper) or rmsnorm
     num_kv_heads: int | None = None  # K/V heads (grouped-query attention); None: num_heads
@@ -38,7 +38,7 @@ class LayerSpec:
                 f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.kv_heads})"
             )
         for name, value, choices in (
-            ("activation", self.activation, ("relu", "gelu", "swiglu")),
+            ("activation", self.activation, ("relu", "gelu", "silu", "swiglu")),
             ("norm_position", self.norm_position, ("post", "pre")),
             ("norm", self.norm, ("layernorm", "rmsnorm")),
         ):

@@ -30,11 +30,13 @@ from transformer.model.positions import LearnedPositionalEncoding, SinusoidalPos
 from transformer.model.spec import LayerSpec
 
 
-def make_positional_encoding(kind: str, d_model: int, max_positions: int) -> nn.Module | None:
-    """The encoding added to the embeddings: sinusoidal, learned, or None for rope (whose
-    rotations happen inside each self-attention)."""
+def make_positional_encoding(
+    kind: str, d_model: int, max_positions: int, layout: str = "interleaved"
+) -> nn.Module | None:
+    """The encoding added to the embeddings: sinusoidal (its sines and cosines in `layout`),
+    learned, or None for rope (whose rotations happen inside each self-attention)."""
     if kind == "sinusoidal":
-        return SinusoidalPositionalEncoding(d_model)
+        return SinusoidalPositionalEncoding(d_model, layout=layout)
     if kind == "learned":
         return LearnedPositionalEncoding(d_model, max_positions)
     if kind == "rope":
@@ -160,17 +162,22 @@ class Transformer(nn.Module):
         spec = LayerSpec.from_config(c)
         self.encoder = Encoder(
             [EncoderLayer(spec) for _ in range(c.num_encoder_layers)],
-            make_positional_encoding(c.positional_encoding, c.d_model, c.max_positions),
+            make_positional_encoding(
+                c.positional_encoding, c.d_model, c.max_positions, c.positional_layout
+            ),
             c.dropout,
             make_norm(c.norm, c.d_model) if c.norm_position == "pre" else None,
         )
         self.decoder = Decoder(
             [DecoderLayer(spec) for _ in range(c.num_decoder_layers)],
-            make_positional_encoding(c.positional_encoding, c.d_model, c.max_positions),
+            make_positional_encoding(
+                c.positional_encoding, c.d_model, c.max_positions, c.positional_layout
+            ),
             c.dropout,
             make_norm(c.norm, c.d_model) if c.norm_position == "pre" else None,
         )
-        self.output_proj = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)  # W_out
+        # W_out, and b_out when `output_bias` (Marian's final_logits_bias): h W_outᵀ + b_out
+        self.output_proj = nn.Linear(c.d_model, c.tgt_vocab_size, bias=c.output_bias)
         self.reset_parameters()
         if c.tie_output_embeddings:
             self.output_proj.weight = self.tgt_embed.embedding.weight
@@ -199,7 +206,12 @@ class Transformer(nn.Module):
 
     @property
     def special_ids(self) -> SpecialIds:
-        """Padding, beginning- and end-of-sentence ids: the tokenizer's, fixed for every model."""
+        """Padding, start and end-of-sentence ids: the tokenizer's, fixed for every model.
+
+        The decoder's first input is BOS, or PAD when `decoder_start` is pad (Marian's models
+        were trained that way)."""
+        if self.config.decoder_start == "pad":
+            return SpecialIds(bos=PAD_ID)
         return SpecialIds()
 
     @property
