@@ -29,12 +29,14 @@ from tiny_runs import (  # noqa: E402
 from transformer.cli import export as export_cli  # noqa: E402
 from transformer.cli import imports  # noqa: E402
 from transformer.config import Config, TokenizerConfig, config_to_dict, save_config  # noqa: E402
+from transformer.data.batching import Example, collate  # noqa: E402
 from transformer.data.special_ids import PAD_ID  # noqa: E402
 from transformer.data.tokenizer import train_tokenizers  # noqa: E402
 from transformer.decoding.search import beam_search, greedy_search  # noqa: E402
 from transformer.decoding.translator import Translator  # noqa: E402
 from transformer.model import Transformer  # noqa: E402
 from transformer.training.checkpoint import save_checkpoint  # noqa: E402
+from transformer.training.loss import TranslationLoss  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 MAX_NEW = 12
@@ -174,6 +176,28 @@ def test_imported_logits_equal_hugging_faces_on_a_padded_batch(marian: dict) -> 
     real[:, 0] = True  # the start token
     difference = (ours[..., our_ids] - theirs[..., marian_ids]).abs()[real]
     assert difference.max().item() < 1e-4
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast loss", "plain loss"])
+def test_fine_tuning_an_imported_run_trains_on_hugging_faces_loss(marian: dict, fast: bool) -> None:
+    # The decoder input starts from the model's start token (PAD for Marian) and the logits
+    # carry the output bias: the training loss is Hugging Face's, token for token.
+    batch, src = _sources(marian)
+    labels = marian["tokenizer"](
+        text_target=_lines("test.de", 6), return_tensors="pt", padding=True
+    )["input_ids"]  # target + </s>, padded with Marian's pad
+    model = marian["translator"].model
+    examples = [
+        Example(i, s[s != PAD_ID].numpy(), t[t != PAD_ID].numpy())
+        for i, (s, t) in enumerate(zip(src, _our_batch(marian, labels.tolist()), strict=True))
+    ]
+    ours = collate(examples, PAD_ID, model.special_ids.bos)
+    assert (ours.tgt_in[:, 0] == PAD_ID).all()  # Marian's decoder starts from its pad
+    with torch.no_grad():
+        loss = TranslationLoss(model, 0.0, PAD_ID, fast=fast)(ours.src, ours.tgt_in, ours.tgt_out)
+        hf_labels = labels.masked_fill(labels == marian["pad"], -100)
+        theirs = marian["hf"](**batch, labels=hf_labels).loss  # mean over the target tokens
+    assert loss.item() / ours.num_target_tokens == pytest.approx(theirs.item(), abs=1e-4)
 
 
 def _hf_outputs(marian: dict, batch: dict, **generate: object) -> list[list[int]]:

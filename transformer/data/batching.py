@@ -94,11 +94,12 @@ def _cut_points(costs: np.ndarray, batch_tokens: int) -> list[int]:
     return cuts[:-1]
 
 
-def collate(examples: Sequence[Example], pad_id: int = PAD_ID) -> Batch:
-    """Pad encoded examples into a `Batch` (right padding; one numpy copy per side)."""
+def collate(examples: Sequence[Example], pad_id: int = PAD_ID, start_id: int = BOS_ID) -> Batch:
+    """Pad encoded examples into a `Batch` (right padding; one numpy copy per side); the
+    decoder's input starts with `start_id` (the model's `special_ids.bos`)."""
     src = pad([e.src for e in examples], pad_id)
     tgt = pad([e.tgt for e in examples], pad_id)
-    return _make_batch(src, tgt, [e.index for e in examples], pad_id)
+    return _make_batch(src, tgt, [e.index for e in examples], pad_id, start_id)
 
 
 def collate_flat(
@@ -108,12 +109,13 @@ def collate_flat(
     tgt_offsets: np.ndarray,
     indices: Sequence[int],
     pad_id: int = PAD_ID,
+    start_id: int = BOS_ID,
 ) -> Batch:
     """`collate` of pairs `indices` of flat ids; pair i is ``tokens[offsets[i] : offsets[i+1]]``."""
     rows = np.asarray(indices, dtype=np.int64)
     src = _gather(src_tokens, src_offsets[rows], src_offsets[rows + 1] - src_offsets[rows], pad_id)
     tgt = _gather(tgt_tokens, tgt_offsets[rows], tgt_offsets[rows + 1] - tgt_offsets[rows], pad_id)
-    return _make_batch(src, tgt, [int(i) for i in indices], pad_id)
+    return _make_batch(src, tgt, [int(i) for i in indices], pad_id, start_id)
 
 
 def pad(sequences: Sequence[np.ndarray | Sequence[int]], pad_id: int = PAD_ID) -> np.ndarray:
@@ -136,10 +138,13 @@ def _gather(tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray, pad_id:
     return padded
 
 
-def _make_batch(src: np.ndarray, tgt: np.ndarray, indices: list[int], pad_id: int) -> Batch:
-    """Build tgt_in = BOS + target from tgt_out = target + EOS, keeping PAD where tgt_out has it."""
+def _make_batch(
+    src: np.ndarray, tgt: np.ndarray, indices: list[int], pad_id: int, start_id: int
+) -> Batch:
+    """Build tgt_in = start + target from tgt_out = target + EOS, keeping PAD where tgt_out
+    has it (the start is BOS, or PAD for a model whose decoder starts from PAD)."""
     tgt_in = np.empty_like(tgt)  # (B, T)
-    tgt_in[:, :1] = BOS_ID
+    tgt_in[:, :1] = start_id
     tgt_in[:, 1:] = tgt[:, :-1]
     padding = tgt == pad_id
     tgt_in[padding] = pad_id  # the EOS shifted into the first padding slot

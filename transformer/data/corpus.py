@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from transformer.config import CorpusConfig
 from transformer.data.batching import Batch, Example, collate_flat
 from transformer.data.tables import TableError, open_binary, read_table
-from transformer.data.tokenizer import EOS_ID, PAD_ID, TokenizerPair
+from transformer.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, TokenizerPair
 from transformer.errors import UserError
 from transformer.files import atomic_write
 
@@ -282,7 +282,9 @@ class EncodedCorpus:
         tgt = self._tgt_tokens[self._tgt_offsets[index] : self._tgt_offsets[index + 1]]
         return Example(index, src, tgt)
 
-    def collate(self, indices: Sequence[int], pad_id: int = PAD_ID) -> Batch:
+    def collate(
+        self, indices: Sequence[int], pad_id: int = PAD_ID, start_id: int = BOS_ID
+    ) -> Batch:
         """`collate([self[i] for i in indices])`, gathered straight from the flat arrays."""
         return collate_flat(
             self._src_tokens,
@@ -291,6 +293,7 @@ class EncodedCorpus:
             self._tgt_offsets,
             indices,
             pad_id,
+            start_id,
         )
 
 

@@ -97,7 +97,9 @@ class TranslationLoss(nn.Module):
 
     def forward(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> Tensor:
         """src (B, S), tgt_in (B, T), tgt_out (B, T) -> a float32 scalar, summed over tokens."""
-        if not self.fast:
+        # The blocked projection multiplies by W_out alone: a model with an output bias b_out
+        # (an imported Marian model) takes the plain path, logits = h W_outᵀ + b_out.
+        if not self.fast or self.model.output_proj.bias is not None:
             logits = self.model(src, tgt_in)  # (B, T, V)
             return label_smoothed_loss(logits, tgt_out, self.smoothing, self.pad_id)
         states = self.model.teacher_forced_states(src, tgt_in)  # (B, T, D)

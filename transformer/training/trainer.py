@@ -291,7 +291,7 @@ class Trainer:
         pin = self.device.type == "cuda"
         collated = []
         for indices in batches:
-            batch = self.train_data.collate(indices, PAD_ID)
+            batch = self.train_data.collate(indices, PAD_ID, self.model.special_ids.bos)
             collated.append((batch.pin_memory() if pin else batch).to(self.device))
         num_tokens = sum(batch.num_target_tokens for batch in collated)
         loss_total = self.backward(collated, num_tokens)

@@ -87,7 +87,8 @@ class Validator:
             if interrupted():  # asked to stop: save without waiting for this
                 logger.info("validation cut short: stopping")
                 return None
-            batch = self.data.collate(indices, PAD_ID).to(self.device)
+            batch = self.data.collate(indices, PAD_ID, self.model.special_ids.bos)
+            batch = batch.to(self.device)
             nll_sum += self.summed_loss(batch)
             tokens += batch.num_target_tokens
             if self.training.eval_bleu:
