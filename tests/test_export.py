@@ -43,6 +43,7 @@ SWITCHES = {
     "post rmsnorm, multi-query": dict(norm="rmsnorm", num_kv_heads=1),
     "rope, post-norm": dict(positional_encoding="rope"),
     "swiglu, post-norm": dict(activation="swiglu"),
+    "silu (Marian's swish), post-norm": dict(activation="silu"),
     "separate vocabularies, untied output": dict(src_vocab_size=50, tie_output_embeddings=False),
     "shared embeddings": dict(share_embeddings=True),
 }
