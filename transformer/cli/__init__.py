@@ -12,69 +12,67 @@ importing torch, before `run_command` catches KeyboardInterrupt; Python would pr
 traceback of whichever import the Ctrl-C stopped (`STARTUP` prints one line instead).
 """
 
+import contextlib
 import os
 import signal
 import sys
 import threading
-from types import FrameType, TracebackType
+from pathlib import Path
+from types import FrameType
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-class StartupInterrupt:
-    """A Ctrl-C before `run_command` runs: one line `interrupted by SIGINT`, exit status 130.
+def is_a_command() -> bool:
+    """Whether this process is one of the command-line programs: a `transformer-*` script,
+    or `python -m transformer.cli.NAME` (or `python -m transformer`)."""
+    if Path(sys.argv[0]).name.startswith("transformer-"):
+        return True
+    argv = getattr(sys, "orig_argv", [])
+    return any(
+        flag == "-m" and (module == "transformer" or module.startswith("transformer.cli"))
+        for flag, module in zip(argv, argv[1:], strict=False)
+    )
 
-    Ctrl-C raises KeyboardInterrupt as ever (a program that imports these modules, pytest
-    say, sees no difference); what changes is the report when it reaches the top. It is
-    remembered too, since an import in C (numpy's) can swallow it, or turn it into an
-    ImportError ("cannot load module more than once per process").
+
+class StartupInterrupt:
+    """A Ctrl-C before `run_command` runs: one line `interrupted by SIGINT`, and the process
+    ends at once, as killed by SIGINT (exit status 130 in a shell).
+
+    While a command imports its libraries it has written nothing, so there is nothing to
+    save or to clean up, and ending the process from the signal handler is the safe answer.
+    Raising KeyboardInterrupt there is not: a Ctrl-C that lands while torch's C++ code calls
+    back into Python becomes `terminate called after throwing an instance of
+    'pybind11::error_already_set'` and an abort, and one in numpy's import an ImportError.
+    Only a command's own process is watched: a program that imports these modules (pytest,
+    a notebook) keeps Python's Ctrl-C.
     """
 
     def __init__(self) -> None:
-        self.seen = False
         self.installed = False
 
     def install(self) -> None:
-        """Watch SIGINT and report an interrupt at the top, unless others chose otherwise."""
+        """Answer SIGINT so in a command's process, unless others chose otherwise."""
         if threading.current_thread() is not threading.main_thread():  # only it sets handlers
             return
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not `cmd &`
-            signal.signal(signal.SIGINT, self.handle)
+        if is_a_command() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self.handle)  # not where SIGINT is ignored (`cmd &`)
             self.installed = True
-        if sys.excepthook is sys.__excepthook__:  # a hook someone else installed stays
-            sys.excepthook = self.excepthook
 
-    def handle(self, signum: int, frame: FrameType | None) -> None:
-        """The SIGINT handler while the program starts: remember it, then raise as Python does."""
-        self.seen = True
-        signal.default_int_handler(signum, frame)
+    @staticmethod
+    def handle(signum: int, frame: FrameType | None) -> None:
+        """Say so in one line and end as killed by SIGINT, as an interrupted program does."""
+        with contextlib.suppress(OSError):  # no terminal left to tell
+            os.write(2, b"interrupted by SIGINT\n")
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
 
-    def excepthook(
-        self, kind: type[BaseException], error: BaseException, traceback: TracebackType | None
-    ) -> None:
-        """One line for an interrupt; Python's own report for anything else."""
-        interrupted_import = self.seen and issubclass(kind, ImportError)
-        if not (issubclass(kind, KeyboardInterrupt) or interrupted_import):
-            sys.__excepthook__(kind, error, traceback)
-            return
-        try:
-            sys.stderr.write("interrupted by SIGINT\n")
-            sys.stderr.flush()
-        except (OSError, ValueError):  # no terminal left to tell
-            pass
-        if interrupted_import:  # Python would exit with 1: end as Ctrl-C does
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGINT)
-        # Otherwise Python itself ends the process as killed by SIGINT (status 130 in a shell).
-
-    def end(self) -> bool:
-        """The program has started: give SIGINT back to Python; whether Ctrl-C came before."""
+    def end(self) -> None:
+        """The program has started: give SIGINT back to Python (KeyboardInterrupt)."""
         main = threading.current_thread() is threading.main_thread()
         if main and self.installed and signal.getsignal(signal.SIGINT) == self.handle:
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            self.installed = False
-        seen, self.seen = self.seen, False
-        return seen
+        self.installed = False
 
 
 STARTUP = StartupInterrupt()

@@ -100,8 +100,7 @@ def run_command(main: Callable[[list[str] | None], int], argv: list[str] | None 
     A `UserError` or an `OSError` gives exit code 2, Ctrl-C 130, SIGTERM 143, SIGHUP 129,
     a closed output pipe (e.g. `| head`) a quiet 141, as Unix tools do.
     """
-    if STARTUP.end():  # a Ctrl-C while the program was importing, that an import swallowed
-        return _interrupted(signal.SIGINT)
+    STARTUP.end()  # from here on, Ctrl-C is a KeyboardInterrupt that the command handles
     try:
         with _stop_signals_interrupt():
             code = main(argv)
