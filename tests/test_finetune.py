@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from tiny_runs import call_main, tiny_config
+from tiny_runs import assert_one_line_error, call_main, tiny_config
 
 from transformer.cli.train import main as train_main
 from transformer.config import load_config, load_config_values
@@ -118,15 +118,6 @@ def train(argv: list[object], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
     capsys.readouterr()
     code = call_main(train_main, argv)
     return code, capsys.readouterr().err
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_fine_tuning_lowers_the_loss_on_the_new_domain_and_leaves_the_parent_untouched(

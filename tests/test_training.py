@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny_runs import ROOT, tiny_config
+from tiny_runs import ROOT, assert_one_line_error, tiny_config
 
 from transformer.cli.train import main as train_main
 from transformer.config import load_config
@@ -179,15 +179,6 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
     code = train_main(argv)
     err = capsys.readouterr().err
     return code, err
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_missing_config_file_is_a_one_line_error(tmp_path, capsys):

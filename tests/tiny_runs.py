@@ -221,3 +221,13 @@ def snapshot(directory: Path) -> dict[str, bytes | None]:
         str(p.relative_to(directory)): p.read_bytes() if p.is_file() else None
         for p in directory.rglob("*")
     }
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    """A refused command's exit code 2 and its one `error:` line (no traceback), checked."""
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
