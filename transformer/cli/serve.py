@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from transformer.cli.common import CommandParser, run_command, setup_logging
 from transformer.cli.decoding import DTYPES, add_reference_flag, load_translator
 from transformer.errors import UserError
-from transformer.serve.settings import ServeSettings
+from transformer.serve.settings import BATCHING, ServeSettings
 from transformer.training.checkpoint import resolve_checkpoint
 
 if TYPE_CHECKING:
@@ -68,11 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="source tokens decoded together (default: the run's decoding.batch_tokens)",
     )
     parser.add_argument(
+        "--batching",
+        choices=BATCHING,
+        default=ServeSettings.batching,
+        help="continuous: each sentence joins the decode under way at the next step and is "
+        "answered as soon as it finishes; groups: requests gathered in a window are decoded "
+        "as one batch (default: %(default)s)",
+    )
+    parser.add_argument(
         "--batch-window-ms",
         type=float,
         default=ServeSettings.batch_window_ms,
         metavar="MS",
-        help="how long a request waits for others to share its batch (default: %(default)s)",
+        help="--batching groups: how long a request waits for others to share its batch "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--workers",
@@ -138,7 +147,7 @@ def _main(argv: list[str] | None) -> int:
 
     limits = {
         name: getattr(args, name)
-        for name in [*LIMITS, "max_batch_tokens", "batch_window_ms", "workers"]
+        for name in [*LIMITS, "max_batch_tokens", "batching", "batch_window_ms", "workers"]
     }
     ServeSettings(**limits)  # refuse impossible limits before anything slow
     sock = listen(args.host, args.port)

@@ -37,6 +37,7 @@ from transformer.decoding.translator import Translator
 from transformer.errors import UserError
 from transformer.explain.trace import explain
 from transformer.serve.batcher import Batcher
+from transformer.serve.continuous import ContinuousBatcher
 from transformer.serve.schemas import (
     ErrorResponse,
     ExplainRequest,
@@ -70,7 +71,11 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
     settings = settings or ServeSettings()
     max_tokens = settings.max_batch_tokens or translator.config.decoding.batch_tokens
     defaults = dataclasses.replace(translator.config.decoding, batch_tokens=max_tokens)
-    batcher = Batcher(translator, max_tokens, settings.batch_window_ms / 1000, settings.workers)
+    batcher: Batcher | ContinuousBatcher
+    if settings.batching == "continuous":
+        batcher = ContinuousBatcher(translator, max_tokens, settings.workers)
+    else:
+        batcher = Batcher(translator, max_tokens, settings.batch_window_ms / 1000, settings.workers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -122,6 +127,7 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
             "batches": stats.groups,
             "sentences": stats.sentences,
             "largest_batch": stats.largest_group,
+            "steps": getattr(batcher, "steps", None),  # continuous batching's decoding steps
         }
 
     @app.get("/info")
@@ -207,6 +213,7 @@ def _info(
             "max_request_bytes": settings.max_request_bytes,
             "max_beam_size": settings.max_beam_size,
             "max_batch_tokens": defaults.batch_tokens,
+            "batching": settings.batching,
             "batch_window_ms": settings.batch_window_ms,
             "workers": settings.workers,
         },
