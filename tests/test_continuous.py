@@ -266,11 +266,14 @@ def test_joined_rows_are_left_padded_masked_and_trimmed_when_the_old_rows_leave(
     old.append(torch.ones(2, 1, 3, 4), torch.ones(2, 1, 3, 4))  # 2 rows, 3 slots
     new.append(torch.zeros(1, 1, 0, 4), torch.zeros(1, 1, 0, 4))  # 1 row, no slot yet
     old.join(new)
-    assert old.k.shape == (3, 1, 3, 4)
+    assert old.rows == 3 and old.length == 3
     assert old.next_position.tolist() == [3, 3, 0]
     mask = old.key_mask(1)[:, 0, 0]  # (rows, 4 slots)
     assert mask.tolist() == [[True] * 4, [True] * 4, [False, False, False, True]]
-    old.append(torch.full((3, 1, 1, 4), 2.0), torch.full((3, 1, 1, 4), 2.0))
+    k, _ = old.append(torch.full((3, 1, 1, 4), 2.0), torch.full((3, 1, 1, 4), 2.0))
+    assert k.shape == (3, 1, 4, 4)
+    assert bool((k[:2, :, :3] == 1.0).all()) and bool((k[2, :, :3] == 0.0).all())
+    assert bool((k[:, :, 3] == 2.0).all())
     old.select(torch.tensor([2]))  # the old rows leave
     old.trim()
     assert old.length == 1 and old.start is None

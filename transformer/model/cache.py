@@ -34,6 +34,12 @@ class KVCache:
         self.v: Tensor | None = None
         self.kept = False
         self.start: Tensor | None = None  # (rows,) each row's first slot; None: all 0
+        self.joining = 0  # rows joined after k's, not laid out yet (zero slots until `append`)
+
+    @property
+    def rows(self) -> int:
+        """Rows (hypotheses) held, those joining included."""
+        return (0 if self.k is None else self.k.size(0)) + self.joining
 
     @property
     def next_position(self) -> int | Tensor:
@@ -57,11 +63,31 @@ class KVCache:
         """Self-attention: add the new positions (N, H, T_new, d_k); return all (N, H, T, d_k)."""
         if self.kept:
             raise ValueError("this cache holds cross-attention keys; self-attention cannot grow it")
-        if self.k is not None:
+        if self.joining:  # lay the joined rows out and add the new positions in one copy
+            k, v = self._grown(self.k, k), self._grown(self.v, v)
+            self.joining = 0
+        elif self.k is not None:
             k = torch.cat([self.k, k], dim=2)  # (N, H, T_cached + T_new, d_k)
             v = torch.cat([self.v, v], dim=2)
         self.k, self.v = k, v
         return k, v
+
+    def _grown(self, cached: Tensor, new: Tensor) -> Tensor:
+        """The cached slots of the old rows, zero slots for the joining rows, then the new
+        positions of every row: (rows, H, T_cached + T_new, d_k)."""
+        old, T = cached.size(0), cached.size(2)
+        grown = new.new_empty(new.size(0), new.size(1), T + new.size(2), new.size(3))
+        grown[:old, :, :T] = cached
+        grown[old:, :, :T] = 0
+        grown[:, :, T:] = new
+        return grown
+
+    def _lay_out(self) -> None:
+        """Give the joining rows their zero slots now."""
+        if self.joining and self.k is not None and self.v is not None:
+            zeros = self.k.new_zeros(self.joining, *self.k.shape[1:])
+            self.k, self.v = torch.cat([self.k, zeros]), torch.cat([self.v, zeros])
+        self.joining = 0
 
     def keep(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Cross-attention: keep the encoder output's keys/values (B, H, S, d_k) for every step.
@@ -74,6 +100,7 @@ class KVCache:
 
     def select(self, rows: Tensor) -> None:
         """Keep rows `rows` (R,), in that order."""
+        self._lay_out()
         if self.k is not None:
             self.k = self.k.index_select(0, rows)
             self.v = self.v.index_select(0, rows)
@@ -82,27 +109,43 @@ class KVCache:
 
     def join(self, other: KVCache) -> None:
         """Self-attention: put `other`'s rows after these, both left-padded with zero slots
-        to the longer length; the padded rows' positions begin after the padding."""
+        to the longer length; the padded rows' positions begin after the padding.
+
+        Rows with no position yet (a sentence about to take its first step) are laid out by
+        the next `append`, which then copies the cache once rather than twice.
+        """
         assert self.k is not None and self.v is not None
         assert other.k is not None and other.v is not None
+        if other.length == 0:
+            start = torch.full((other.rows,), self.length, device=self.k.device)
+            self.start = torch.cat([self._starts(), start])
+            self.joining += other.rows
+            return
+        self._lay_out()
+        other._lay_out()
         length = max(self.length, other.length)
         starts, keys, values = [], [], []
         for cache in (self, other):
             pad = length - cache.length
-            start = cache.start
-            if start is None:
-                start = torch.zeros(cache.k.size(0), dtype=torch.long, device=cache.k.device)
-            starts.append(start + pad)
-            keys.append(F.pad(cache.k, (0, 0, pad, 0)))  # (rows, H_kv, length, d_k)
-            values.append(F.pad(cache.v, (0, 0, pad, 0)))
+            starts.append(cache._starts() + pad)
+            keys.append(F.pad(cache.k, (0, 0, pad, 0)) if pad else cache.k)  # (rows, H, T, d_k)
+            values.append(F.pad(cache.v, (0, 0, pad, 0)) if pad else cache.v)
         self.k, self.v = torch.cat(keys), torch.cat(values)
         start = torch.cat(starts)
         self.start = start if bool(start.any()) else None
+
+    def _starts(self) -> Tensor:
+        """Each row's first slot (rows,), zeros when all begin at 0."""
+        if self.start is not None:
+            return self.start
+        device = self.k.device if self.k is not None else None
+        return torch.zeros(self.rows, dtype=torch.long, device=device)
 
     def trim(self) -> None:
         """Self-attention: drop the leading slots that no row attends any more."""
         if self.start is None or self.k is None:
             return
+        self._lay_out()
         unused = int(self.start.min())
         if unused:
             self.k, self.v = self.k[:, :, unused:], self.v[:, :, unused:]
@@ -147,8 +190,7 @@ class DecoderCache:
     @property
     def rows(self) -> int:
         """Decoder rows (hypotheses) the cache holds."""
-        k = self.self_attn[0].k
-        return 0 if k is None else k.size(0)
+        return self.self_attn[0].rows
 
     def join(self, other: DecoderCache) -> None:
         """Put the rows of `other` (a cache holding its source, see `Transformer.source_cache`)
@@ -182,14 +224,14 @@ class DecoderCache:
         )  # (B + B', 1, 1, S)
 
     def trim(self) -> None:
-        """Drop the self-attention slots no row attends and the source positions no source
-        has (after the rows that needed them left)."""
+        """Drop the self-attention slots no row attends, and the source positions no source
+        has once they are a quarter of them (after the rows that needed them left)."""
         for layer in self.self_attn:
             layer.trim()
         if self.source_mask is None or not self.holds_source:
             return
         used = int(self.source_mask.any(dim=0).flatten().nonzero().max()) + 1
-        if self.source_length > used:
+        if used < self.source_length * 3 // 4:  # copying the keys pays only for a real cut
             self.source_mask = self.source_mask[..., :used]
             for layer in self.cross_attn:
                 layer.k = layer.k[:, :, :used].contiguous()  # (B, H_kv, used, d_k)
@@ -218,7 +260,7 @@ class DecoderCache:
         and sources no row reads any more are dropped; any other order gives each row its
         own copy.
         """
-        rows = self.self_attn[0].k.size(0) if self.self_attn[0].k is not None else None
+        rows = self.rows if self.self_attn[0].k is not None else None
         for layer in self.self_attn:
             layer.select(indices)
         if not self.holds_source or rows is None:
@@ -238,4 +280,4 @@ class DecoderCache:
 
 def _pad_source(x: Tensor, length: int) -> Tensor:
     """Cross-attention keys or values (B, H_kv, S, d_k) padded with zeros to `length` positions."""
-    return F.pad(x, (0, 0, 0, length - x.size(2)))
+    return x if x.size(2) == length else F.pad(x, (0, 0, 0, length - x.size(2)))
