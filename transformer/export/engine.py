@@ -101,6 +101,7 @@ class CTranslate2Translator(Translator):
             raise ValueError(f"workers must be >= 1 (got {workers})")
         self.engine = engine  # a ctranslate2.Translator
         self.record = record
+        self.directory = directory
         self.config = record.run_config(str(directory))
         self.tokenizers = load_tokenizers(directory)
         self.device = torch.device("cpu")  # where the batches of ids are built
