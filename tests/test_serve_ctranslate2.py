@@ -14,12 +14,14 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from socket import IPPROTO_TCP, TCP_NODELAY
 from subprocess import CompletedProcess
 
 import pytest
 from tiny_runs import PAIRS, error_line, kept_logging, train_tiny_run
 
 import benchmarks.serve as benchmark
+from transformer.cli.serve import listen
 from transformer.decoding.translator import Translator
 from transformer.explain.trace import explain
 
@@ -258,3 +260,27 @@ def test_the_command_serves_translations_of_the_export_on_loopback(
     want = client.post("/translate", json={"texts": texts}).json()["translations"]
     assert answers == [r["text"] for r in want]
     assert "Traceback" not in err
+
+
+def test_answers_are_not_held_back_by_nagle_on_the_servers_connections() -> None:
+    """The server's own socket says TCP, so asyncio disables Nagle on each connection (with
+    proto 0 it did not, and every keep-alive answer waited ~40 ms for a delayed ACK)."""
+    sock = listen("127.0.0.1", 0)
+
+    async def nodelay_of_a_connection() -> int:
+        accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            option = writer.get_extra_info("socket").getsockopt(IPPROTO_TCP, TCP_NODELAY)
+            accepted.set_result(option)
+            writer.close()
+
+        server = await asyncio.start_server(connected, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        try:
+            return await asyncio.wait_for(accepted, 10)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(nodelay_of_a_connection()) != 0
