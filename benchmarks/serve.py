@@ -17,6 +17,11 @@ load.
     python -m benchmarks.serve --run runs/toy                  # 1,000 requests, 32 clients
     python -m benchmarks.serve --run runs/toy --requests 200 --clients 8
     python -m benchmarks.serve --run runs/toy --serve-option=--workers=1
+    python -m benchmarks.serve --run runs/toy --engine ctranslate2   # both sides: CTranslate2
+
+With `--engine ctranslate2` the server and transformer-translate both decode with the run's
+CTranslate2 export (RUN/ctranslate2, made first when missing; `--export DIR` goes in
+--serve-option and is not passed to the translate side).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from pathlib import Path
 from benchmarks.common import REPO, cpu_name
 
 HOST = "127.0.0.1"
+ENGINES = ("pytorch", "ctranslate2")  # transformer-serve's and -translate's --engine
 
 
 @dataclass
@@ -65,6 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="OPTION",
         help="passed on to transformer-serve, e.g. --serve-option=--workers=1 (repeatable)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="pytorch",
+        help="the --engine of both transformer-serve and transformer-translate (default: pytorch)",
     )
     args = parser.parse_args(argv)
     if args.requests < 1 or args.clients < 1:
@@ -169,7 +181,8 @@ async def load(port: int, texts: list[str], clients: int) -> tuple[list[float], 
 def serve_load(args: argparse.Namespace, texts: list[str]) -> LoadResult:
     """The server under load: warmed up on one round of the clients, then timed."""
     port = free_port()
-    process = start_server(args.run, port, args.serve_option, timeout=120)
+    options = [*args.serve_option, "--engine", args.engine]
+    process = start_server(args.run, port, options, timeout=120)
     try:
         warm = texts[: args.clients]
         asyncio.run(asyncio.wait_for(load(port, warm, args.clients), args.timeout))
@@ -191,7 +204,7 @@ _BATCH = """
 import json, sys, time
 from transformer.cli.decoding import decoding_from_args, load_translator
 from transformer.cli.translate import CHUNK_LINES, build_parser
-args = build_parser().parse_args(["--run", sys.argv[1]])
+args = build_parser().parse_args(["--run", sys.argv[1], "--engine", sys.argv[4]])
 translator = load_translator(args)
 decoding = decoding_from_args(translator.config.decoding, args)
 with open(sys.argv[2], encoding="utf-8") as handle:
@@ -222,12 +235,14 @@ class BatchResult:
     translations: list[str]
 
 
-def batch_translate(run: Path, texts: list[str], group: int) -> BatchResult:
+def batch_translate(
+    run: Path, texts: list[str], group: int, engine: str = "pytorch"
+) -> BatchResult:
     """transformer-translate's batch translation of `texts`, and of groups of `group` of them."""
     with tempfile.TemporaryDirectory() as directory:
         source = Path(directory) / "source.txt"
         source.write_text("\n".join(texts) + "\n", encoding="utf-8")
-        command = [sys.executable, "-c", _BATCH, str(run), str(source), str(group)]
+        command = [sys.executable, "-c", _BATCH, str(run), str(source), str(group), engine]
         done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
     result = json.loads(done.stdout)
     return BatchResult(result["seconds"], result["grouped"], result["translations"])
@@ -246,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = sentences(args.input, args.requests)
     deadline = time.monotonic() + args.timeout
     served = serve_load(args, texts)
-    batch = batch_translate(args.run, texts, group=args.clients)
+    batch = batch_translate(args.run, texts, group=args.clients, engine=args.engine)
     if time.monotonic() > deadline:
         print(f"note: the test took longer than --timeout {args.timeout:.0f} s")
     batch_rate = len(texts) / batch.seconds
@@ -256,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {cpu_name()}")
     print(
         f"{len(texts)} requests of one sentence ({args.input.name}, cycled), {args.clients} "
-        f"clients; the run's decoding settings; transformer-serve {' '.join(args.serve_option)}"
+        f"clients; the run's decoding settings; --engine {args.engine}; transformer-serve "
+        f"{' '.join(args.serve_option)}"
     )
     print()
     print("| | sentences/s | p50 latency | p95 | p99 |")
