@@ -150,6 +150,27 @@ def test_two_hundred_simultaneous_requests_are_all_answered_in_order_and_batched
     assert health["queued"] == 0
 
 
+def test_a_failure_of_ctranslate2_is_a_500_for_its_requests_and_serving_goes_on(
+    translator: Translator, run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exported = CTranslate2Translator.from_export(run_dir / "ctranslate2", threads=1)
+    failures = iter([RuntimeError("boom")])
+
+    def translate_once_failing(*args: object, **kwargs: object) -> object:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return CTranslate2Translator.translate(exported, *args, **kwargs)
+
+    monkeypatch.setattr(exported, "translate", translate_once_failing)
+    with TestClient(create_app(translator, LIMITS, CTranslate2Engine(exported, LIMITS))) as client:
+        response = client.post("/translate", json={"text": "how are you"})
+        assert response.status_code == 500
+        assert response.json()["field"] == "server" and "boom" not in response.text
+        after = client.post("/translate", json={"text": "how are you"})
+        assert after.json()["translations"][0]["text"] == "wie geht es dir"
+
+
 # --------------------------------------------------------------------------- the same API
 
 BAD_REQUESTS = {

@@ -84,15 +84,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await batcher.start()
+        if engine is not None:
+            await engine.start()
         try:
-            if engine is not None:
-                await engine.start()
-            try:
-                yield
-            finally:
-                if engine is not None:
-                    await engine.stop()
+            yield
         finally:
+            if engine is not None:
+                await engine.stop()
             await batcher.stop()
 
     app = FastAPI(

@@ -1,8 +1,8 @@
 """`transformer-serve --engine ctranslate2`: /translate decoded by a CTranslate2 export.
 
-Concurrent requests are gathered as the PyTorch `Batcher` gathers them (one group: the
-waiting requests with the oldest one's decoding settings, up to its `batch_tokens` source
-tokens, while requests keep arriving within `--batch-window-ms`), and each group is one
+Concurrent requests are gathered into groups (the oldest waiting request and those with its
+decoding settings, up to its `batch_tokens` source tokens, while requests keep arriving
+within `--batch-window-ms`, at most MAX_WINDOWS windows), and each group is one
 `CTranslate2Translator.translate` call: the text code of `transformer-translate --engine
 ctranslate2`, which queues the group's token-budget batches in CTranslate2 at once
 (`asynchronous=True`) and waits for their results in a worker thread, off the event loop.
