@@ -69,13 +69,20 @@ class _Worker:
                     if request is None:
                         self.fail_all(RuntimeError("the server is shutting down"))
                         return
-                    self.add(request)
+                    try:
+                        self.add(request)
+                    except Exception as error:  # this request learns it; the others go on
+                        logger.error("could not queue a request: %s", error)
+                        self.batcher.fail(self, request, error)
                     request = self.inbox.get_nowait()
             except queue.Empty:
                 pass
             for key, search in list(self.searches.items()):
                 if len(search):
                     self.step(key, search)
+                if not len(search) and not self.requests.get(key):  # idle: forget it
+                    self.searches.pop(key, None)
+                    self.requests.pop(key, None)
 
     def add(self, request: _Request) -> None:
         """Submit a request's lines to the decode of its settings (empty lines: answered)."""
