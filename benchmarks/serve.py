@@ -1,22 +1,27 @@
 """Load test of transformer-serve on loopback, against transformer-translate on the same sentences.
 
-Starts `transformer-serve --run RUN` on a free 127.0.0.1 port, sends `--requests` POST
-/translate requests of one sentence each from `--clients` concurrent clients (each a
-keep-alive HTTP/1.1 connection that sends its next request when the last one is answered),
-and measures throughput (sentences/s from the first request sent to the last answer) and the
-latency of each request (p50, p95, p99). Then transformer-translate translates the same
-sentences in a process of its own, as the command does with `--input FILE` (its option
-parser, loader, threads and decoding settings, the file in chunks of its CHUNK_LINES),
-timed inside that process after a warm-up, so that neither side counts its start-up; and
-the same translator on groups of `--clients` sentences, one group at a time (no HTTP): the
-most that batching whole requests can reach with that many clients. It prints the ratios and
-how many translations are identical (the same search code decodes both). Everything stays on
-127.0.0.1 and stops by itself: the load ends after `--requests`, and `--timeout` bounds each
-load.
+For each serving mode (`--modes`: the PyTorch engine with continuous batching, with the
+groups batcher, and the CTranslate2 engine), starts `transformer-serve --run RUN` on a free
+127.0.0.1 port and, for each client count of `--clients`, sends `--requests` POST /translate
+requests of one sentence each from that many concurrent clients (each a keep-alive HTTP/1.1
+connection that sends its next request when the last one is answered), after a warm-up
+round. It measures throughput (sentences/s from the first request sent to the last answer)
+and each request's latency (p50, p95, p99), and the machine's load average over the run.
 
-    python -m benchmarks.serve --run runs/toy                  # 1,000 requests, 32 clients
-    python -m benchmarks.serve --run runs/toy --requests 200 --clients 8
-    python -m benchmarks.serve --run runs/toy --serve-option=--workers=1
+Beside it, in a process of its own and timed inside it after a warm-up: transformer-translate
+on all the sentences as the command does with `--input FILE` (its option parser, loader,
+threads and decoding settings, chunks of CHUNK_LINES); the same translator on groups of as
+many sentences as there are clients, one group at a time, without HTTP (the most that
+batching whole requests can reach at that concurrency); and one `Translator.translate` call
+per sentence (the 1-client latency floor). The CTranslate2 mode is compared with
+`transformer-translate --engine ctranslate2` (the export must exist: transformer-export).
+Everything stays on 127.0.0.1; `--timeout` bounds each load.
+
+The output ends with one line per client count, `serve/translate at N clients: X.XX×`, for
+the first mode (continuous batching by default), the largest count last.
+
+    python -m benchmarks.serve --run runs/toy                       # 5,000 requests a count
+    python -m benchmarks.serve --run runs/toy --requests 500 --clients 8,32 --modes continuous
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import socket
 import statistics
@@ -48,6 +54,14 @@ class LoadResult:
     translations: list[str]
     seconds: float
     batches: int
+    load: float  # the 1-minute load average at the end
+
+
+MODES = {  # mode -> (transformer-serve options, transformer-translate options)
+    "continuous": (["--batching", "continuous"], []),
+    "groups": (["--batching", "groups"], []),
+    "ctranslate2": (["--engine", "ctranslate2"], ["--engine", "ctranslate2"]),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,9 +70,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--input", type=Path, default=REPO / "data" / "test.en", help="sentences, cycled"
     )
-    parser.add_argument("--requests", type=int, default=1000, help="requests in all")
-    parser.add_argument("--clients", type=int, default=32, help="concurrent clients")
-    parser.add_argument("--timeout", type=float, default=600, help="bound on the whole test (s)")
+    parser.add_argument("--requests", type=int, default=5000, help="requests per client count")
+    parser.add_argument(
+        "--clients", default="1,8,32,128,256", help="concurrent clients, comma-separated"
+    )
+    parser.add_argument(
+        "--modes",
+        default="continuous,groups,ctranslate2",
+        help=f"serving modes, comma-separated, of {', '.join(MODES)}",
+    )
+    parser.add_argument("--timeout", type=float, default=600, help="bound on each load (s)")
     parser.add_argument(
         "--serve-option",
         action="append",
@@ -67,7 +88,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="passed on to transformer-serve, e.g. --serve-option=--workers=1 (repeatable)",
     )
     args = parser.parse_args(argv)
-    if args.requests < 1 or args.clients < 1:
+    try:
+        args.clients = [int(n) for n in args.clients.split(",")]
+    except ValueError:
+        parser.error(f"--clients: comma-separated integers, not {args.clients!r}")
+    args.modes = args.modes.split(",")
+    unknown = [mode for mode in args.modes if mode not in MODES]
+    if unknown:
+        parser.error(f"--modes: unknown {', '.join(unknown)} (choose from {', '.join(MODES)})")
+    if args.requests < 1 or min(args.clients) < 1:
         parser.error("--requests and --clients must be >= 1")
     return args
 
@@ -166,71 +195,88 @@ async def load(port: int, texts: list[str], clients: int) -> tuple[list[float], 
     return latencies, answers, time.perf_counter() - start
 
 
-def serve_load(args: argparse.Namespace, texts: list[str]) -> LoadResult:
-    """The server under load: warmed up on one round of the clients, then timed."""
+def serve_loads(
+    args: argparse.Namespace, texts: list[str], options: list[str]
+) -> dict[int, LoadResult]:
+    """The server (one start) under load at each client count: warmed up, then timed."""
     port = free_port()
-    process = start_server(args.run, port, args.serve_option, timeout=120)
+    process = start_server(args.run, port, [*options, *args.serve_option], timeout=120)
+    results = {}
     try:
-        warm = texts[: args.clients]
-        asyncio.run(asyncio.wait_for(load(port, warm, args.clients), args.timeout))
-        before = get_json(f"http://{HOST}:{port}/health")["batches"]
-        latencies, answers, seconds = asyncio.run(
-            asyncio.wait_for(load(port, texts, args.clients), args.timeout)
-        )
-        batches = get_json(f"http://{HOST}:{port}/health")["batches"] - before
+        for clients in args.clients:
+            warm = texts[: max(clients, 8)]
+            asyncio.run(asyncio.wait_for(load(port, warm, clients), args.timeout))
+            before = get_json(f"http://{HOST}:{port}/health")["batches"]
+            latencies, answers, seconds = asyncio.run(
+                asyncio.wait_for(load(port, texts, clients), args.timeout)
+            )
+            batches = get_json(f"http://{HOST}:{port}/health")["batches"] - before
+            results[clients] = LoadResult(latencies, answers, seconds, batches, os.getloadavg()[0])
     finally:
         stop_server(process)
-    return LoadResult(latencies, answers, seconds, batches)
+    return results
 
 
 # transformer-translate's batch path: its option parser, loader and decoding settings, and the
 # file translated in chunks of CHUNK_LINES as its --input loop does; timed after a warm-up.
 # Then the same translator on groups of as many sentences as there are clients, one group at
-# a time: the most that batching whole requests can reach at that concurrency.
+# a time, for each client count; and one call per sentence, for the latency of one request.
 _BATCH = """
 import json, sys, time
 from transformer.cli.decoding import decoding_from_args, load_translator
 from transformer.cli.translate import CHUNK_LINES, build_parser
-args = build_parser().parse_args(["--run", sys.argv[1]])
+run, source, sizes, *options = sys.argv[1:]
+args = build_parser().parse_args(["--run", run, *options])
 translator = load_translator(args)
 decoding = decoding_from_args(translator.config.decoding, args)
-with open(sys.argv[2], encoding="utf-8") as handle:
+with open(source, encoding="utf-8") as handle:
     lines = handle.read().splitlines()
-size = int(sys.argv[3])
-translator.translate(lines[:size], decoding)
+translator.translate(lines[:64], decoding)
 start = time.perf_counter()
 best = []
 for first in range(0, len(lines), CHUNK_LINES):
     chunk = lines[first : first + CHUNK_LINES]
     best += [nbest[0].text for nbest in translator.translate(chunk, decoding)]
 seconds = time.perf_counter() - start
-groups = [lines[first : first + size] for first in range(0, len(lines), size)]
-start = time.perf_counter()
-for group in groups:
-    translator.translate(group, decoding)
-grouped = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "grouped": grouped, "translations": best}))
+grouped = {}
+for size in map(int, sizes.split(",")):
+    start = time.perf_counter()
+    for first in range(0, len(lines), size):
+        translator.translate(lines[first : first + size], decoding)
+    grouped[size] = time.perf_counter() - start
+single = []
+for line in lines[:300]:
+    start = time.perf_counter()
+    translator.translate([line], decoding)
+    single.append(time.perf_counter() - start)
+print(json.dumps({"seconds": seconds, "grouped": grouped, "single": single, "translations": best}))
 """
 
 
 @dataclass
 class BatchResult:
-    """transformer-translate's time for all the sentences, for them in groups, its output."""
+    """transformer-translate on all the sentences, on groups of each size, and one at a time."""
 
     seconds: float
-    grouped_seconds: float
+    grouped_seconds: dict[int, float]
+    single: list[float]
     translations: list[str]
 
 
-def batch_translate(run: Path, texts: list[str], group: int) -> BatchResult:
-    """transformer-translate's batch translation of `texts`, and of groups of `group` of them."""
+def batch_translate(
+    run: Path, texts: list[str], groups: list[int], options: list[str]
+) -> BatchResult:
+    """transformer-translate's batch translation of `texts`, of groups of each size, and of
+    single sentences, in a process of its own."""
     with tempfile.TemporaryDirectory() as directory:
         source = Path(directory) / "source.txt"
         source.write_text("\n".join(texts) + "\n", encoding="utf-8")
-        command = [sys.executable, "-c", _BATCH, str(run), str(source), str(group)]
-        done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
+        sizes = ",".join(map(str, groups))
+        command = [sys.executable, "-c", _BATCH, str(run), str(source), sizes, *options]
+        done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=1800)
     result = json.loads(done.stdout)
-    return BatchResult(result["seconds"], result["grouped"], result["translations"])
+    grouped = {int(size): seconds for size, seconds in result["grouped"].items()}
+    return BatchResult(result["seconds"], grouped, result["single"], result["translations"])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -244,38 +290,51 @@ def percentile(values: list[float], q: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     texts = sentences(args.input, args.requests)
-    deadline = time.monotonic() + args.timeout
-    served = serve_load(args, texts)
-    batch = batch_translate(args.run, texts, group=args.clients)
-    if time.monotonic() > deadline:
-        print(f"note: the test took longer than --timeout {args.timeout:.0f} s")
-    batch_rate = len(texts) / batch.seconds
-    serve_rate = len(texts) / served.seconds
-    ms = [latency * 1000 for latency in served.latencies]
-    same = sum(a == b for a, b in zip(served.translations, batch.translations, strict=True))
-    print(f"CPU: {cpu_name()}")
+    print(f"CPU: {cpu_name()}; run {args.run}")
     print(
-        f"{len(texts)} requests of one sentence ({args.input.name}, cycled), {args.clients} "
-        f"clients; the run's decoding settings; transformer-serve {' '.join(args.serve_option)}"
+        f"{len(texts)} requests of one sentence ({args.input.name}, cycled) at each client "
+        f"count; the run's decoding settings; transformer-serve {' '.join(args.serve_option)}"
     )
+    ratios: dict[int, float] = {}
+    for mode in args.modes:
+        serve_options, translate_options = MODES[mode]
+        served = serve_loads(args, texts, serve_options)
+        batch = batch_translate(args.run, texts, args.clients, translate_options)
+        batch_rate = len(texts) / batch.seconds
+        one = percentile([t * 1000 for t in batch.single], 50)
+        print()
+        print(f"### {mode}: transformer-serve {' '.join(serve_options)}")
+        print()
+        print(
+            "| clients | sentences/s | p50 latency | p95 | p99 | serve / translate | "
+            "serve / groups, no HTTP | groups/s | load |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for clients, result in served.items():
+            rate = len(texts) / result.seconds
+            grouped_rate = len(texts) / batch.grouped_seconds[clients]
+            ms = [latency * 1000 for latency in result.latencies]
+            print(
+                f"| {clients} | {rate:.1f} | {percentile(ms, 50):.1f} ms | "
+                f"{percentile(ms, 95):.1f} ms | {percentile(ms, 99):.1f} ms | "
+                f"{rate / batch_rate:.2f}× | {rate / grouped_rate:.2f}× | {grouped_rate:.1f} | "
+                f"{result.load:.2f} |"
+            )
+            if mode == args.modes[0]:
+                ratios[clients] = rate / batch_rate
+        same = min(
+            sum(a == b for a, b in zip(r.translations, batch.translations, strict=True))
+            for r in served.values()
+        )
+        print()
+        print(
+            f"transformer-translate {' '.join(translate_options)}: {batch_rate:.1f} sentences/s "
+            f"on all {len(texts)}; one sentence per call: p50 {one:.1f} ms; identical "
+            f"translations: at least {same} of {len(texts)} at every client count"
+        )
     print()
-    print("| | sentences/s | p50 latency | p95 | p99 |")
-    print("|---|---|---|---|---|")
-    print(
-        f"| transformer-serve, {args.clients} clients | {serve_rate:.1f} | "
-        f"{percentile(ms, 50):.0f} ms | {percentile(ms, 95):.0f} ms | {percentile(ms, 99):.0f} ms |"
-    )
-    print(f"| transformer-translate, all {len(texts)} at once | {batch_rate:.1f} | | | |")
-    grouped_rate = len(texts) / batch.grouped_seconds
-    print(f"| its translator on groups of {args.clients}, no HTTP | {grouped_rate:.1f} | | | |")
-    print()
-    print(f"ratio serve / translate: {serve_rate / batch_rate:.2f}")
-    print(f"ratio groups of {args.clients} / translate: {grouped_rate / batch_rate:.2f}")
-    print(
-        f"server batches: {served.batches} ({len(texts) / max(served.batches, 1):.1f} sentences "
-        f"each); serve {served.seconds:.1f} s, translate {batch.seconds:.1f} s"
-    )
-    print(f"identical translations: {same} of {len(texts)}")
+    for clients in sorted(ratios):
+        print(f"serve/translate at {clients} clients: {ratios[clients]:.2f}×")
     return 0
 
 

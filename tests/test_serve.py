@@ -223,19 +223,21 @@ def test_an_unknown_field_error_suggests_the_field_meant(client: TestClient) -> 
     assert "did you mean beam_size?" in error
 
 
+@pytest.mark.parametrize("batching", ["continuous", "groups"])
 def test_a_model_failure_is_a_500_json_error_without_traceback_and_serving_goes_on(
-    translator: Translator, monkeypatch: pytest.MonkeyPatch
+    translator: Translator, monkeypatch: pytest.MonkeyPatch, batching: str
 ) -> None:
     failures = iter([RuntimeError("boom")])
+    decode = translator.model.decode
 
-    def translate_once_failing(*args: object, **kwargs: object) -> object:
+    def decode_once_failing(*args: object, **kwargs: object) -> object:
         error = next(failures, None)
         if error is not None:
             raise error
-        return Translator.translate(translator, *args, **kwargs)
+        return decode(*args, **kwargs)
 
-    with TestClient(create_app(translator)) as client:
-        monkeypatch.setattr(translator, "translate", translate_once_failing)
+    with TestClient(create_app(translator, ServeSettings(batching=batching))) as client:
+        monkeypatch.setattr(translator.model, "decode", decode_once_failing)
         response = client.post("/translate", json={"text": "how are you"})
         assert response.status_code == 500
         assert response.json()["field"] == "server"
@@ -246,10 +248,11 @@ def test_a_model_failure_is_a_500_json_error_without_traceback_and_serving_goes_
 # --------------------------------------------------------------------------- concurrency
 
 
+@pytest.mark.parametrize("batching", ["continuous", "groups"])
 def test_fifty_simultaneous_requests_are_batched_and_each_answered_correctly_in_order(
-    translator: Translator,
+    translator: Translator, batching: str
 ) -> None:
-    settings = ServeSettings(batch_window_ms=20, workers=2)
+    settings = ServeSettings(batching=batching, batch_window_ms=20, workers=2)
     requests = [[SOURCES[i % 20], SOURCES[(7 * i + 3) % 20]] for i in range(50)]
     want = dict(zip(SOURCES, (nbest[0] for nbest in expected(translator, SOURCES)), strict=True))
     with TestClient(create_app(translator, settings)) as client:

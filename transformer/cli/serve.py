@@ -4,10 +4,14 @@ Examples::
 
     transformer-serve --run runs/toy                     # http://127.0.0.1:8000/
     transformer-serve --run runs/toy --port 8080 --checkpoint averaged --max-batch-tokens 2000
+    transformer-serve --run runs/toy --engine ctranslate2   # /translate by RUN/ctranslate2
 
 The page at / translates a sentence and draws its attention; the API (POST /translate,
 POST /explain, GET /info, GET /health) is documented at /docs. It listens on localhost
 unless --host says otherwise. Needs the `serve` extra: pip install -e '.[serve]'.
+With --engine ctranslate2, /translate is decoded by a CTranslate2 export (--export DIR, else
+RUN/ctranslate2, made or remade as transformer-translate does); /explain and the page's
+attention still come from the PyTorch model of --checkpoint.
 """
 
 from __future__ import annotations
@@ -19,18 +23,23 @@ import logging
 import signal
 import socket
 import threading
+from argparse import Namespace
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transformer.cli.common import CommandParser, run_command, setup_logging
 from transformer.cli.decoding import DTYPES, add_reference_flag, load_translator
+from transformer.cli.engine import add_engine_flags, ctranslate2_translator, uses_ctranslate2
 from transformer.errors import UserError
-from transformer.serve.settings import ServeSettings
+from transformer.serve.settings import BATCHING, ServeSettings
 from transformer.training.checkpoint import resolve_checkpoint
 
 if TYPE_CHECKING:
     import uvicorn
+
+    from transformer.decoding.translator import Translator
+    from transformer.serve.ctranslate2_engine import CTranslate2Engine
 
 logger = logging.getLogger("transformer.cli.serve")
 
@@ -68,11 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="source tokens decoded together (default: the run's decoding.batch_tokens)",
     )
     parser.add_argument(
+        "--batching",
+        choices=BATCHING,
+        default=ServeSettings.batching,
+        help="continuous: each sentence joins the decode under way at the next step and is "
+        "answered as soon as it finishes; groups: requests gathered in a window are decoded "
+        "as one batch (default: %(default)s)",
+    )
+    parser.add_argument(
         "--batch-window-ms",
         type=float,
         default=ServeSettings.batch_window_ms,
         metavar="MS",
-        help="how long a request waits for others to share its batch (default: %(default)s)",
+        help="--batching groups: how long a request waits for others to share its batch "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--workers",
@@ -83,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         "they share all cores but one, which is left to the HTTP server",
     )
     add_reference_flag(parser)
+    add_engine_flags(parser)
     for name, meaning in LIMITS.items():
         parser.add_argument(
             f"--{name.replace('_', '-')}",
@@ -92,7 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{meaning} (default: %(default)s)",
         )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, access log")
-    parser.set_defaults(engine="pytorch", export=None)  # the model's own code: it draws attention
     return parser
 
 
@@ -115,7 +133,9 @@ def listen(host: str, port: int) -> socket.socket:
         family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     except ValueError:  # a name such as localhost
         family = socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+    # without it Nagle holds the second write of each answer for the client's delayed ACK (40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -138,15 +158,19 @@ def _main(argv: list[str] | None) -> int:
 
     limits = {
         name: getattr(args, name)
-        for name in [*LIMITS, "max_batch_tokens", "batch_window_ms", "workers"]
+        for name in [*LIMITS, "max_batch_tokens", "batching", "batch_window_ms", "workers"]
     }
     ServeSettings(**limits)  # refuse impossible limits before anything slow
+    ctranslate2 = uses_ctranslate2(args)  # refuses an --export without --engine ctranslate2
     sock = listen(args.host, args.port)
     try:
-        translator = load_translator(args, "serve")
+        # The PyTorch model explains (its attention) whichever engine translates.
+        pytorch = Namespace(**{**vars(args), "engine": "pytorch", "export": None})
+        translator = load_translator(pytorch, "serve")
         checkpoint = str(resolve_checkpoint(args.run, args.checkpoint))
         settings = ServeSettings(**limits, checkpoint=checkpoint)
-        app = create_app(translator, settings)
+        engine = _ctranslate2_engine(args, translator, settings) if ctranslate2 else None
+        app = create_app(translator, settings, engine)
         host, port = sock.getsockname()[:2]
         if not ipaddress.ip_address(host).is_loopback:
             logger.warning("listening on %s, beyond this machine: the server has no login", host)
@@ -161,6 +185,28 @@ def _main(argv: list[str] | None) -> int:
     finally:
         sock.close()
     return 0
+
+
+def _ctranslate2_engine(
+    args: argparse.Namespace, translator: Translator, settings: ServeSettings
+) -> CTranslate2Engine:
+    """--engine ctranslate2: the export transformer-translate would use, on the PyTorch
+    model's device, `--workers` batches at once (each on the threads the policy gave one)."""
+    from transformer.serve.ctranslate2_engine import CTranslate2Engine
+
+    engine = CTranslate2Engine(
+        ctranslate2_translator(args, translator.device, settings.workers), settings
+    )
+    exported = Path(engine.translator.record.checkpoint)
+    if exported.resolve() != Path(settings.checkpoint).resolve():
+        logger.warning(
+            "%s is an export of %s, not of --checkpoint %s: /explain shows the attention of "
+            "another model than the one /translate decodes with",
+            engine.translator.directory,
+            exported,
+            settings.checkpoint,
+        )
+    return engine
 
 
 @contextlib.contextmanager

@@ -140,18 +140,19 @@ def max_output_lengths(
     return [max_output_length(n, max_len_a, max_len_b, max_positions) for n in src_lengths]
 
 
-def _next_log_probs(
+def next_log_probs(
     model: Seq2SeqModel,
     tokens: Tensor,
-    memory: Tensor,
-    src_mask: Tensor,
+    memory: Tensor | None,
+    src_mask: Tensor | None,
     cache: Cache | None,
-    forbid_eos: bool,
+    forbid_eos: bool | Tensor,
     ids: SpecialIds,
 ) -> Tensor:
     """Float32 log-probabilities of the next token after each prefix: (N, T) -> (N, V).
 
     `memory` and `src_mask` have a row per sentence; the N prefixes are its hypotheses.
+    `forbid_eos` forbids EOS in every row, or in the rows where a tensor (N,) is True.
     """
     if cache is None:
         logits = model.decode(tokens, memory, src_mask)[:, -1]  # whole prefix each step
@@ -159,7 +160,9 @@ def _next_log_probs(
         logits = model.decode(tokens[:, -1:], memory, src_mask, cache)[:, -1]  # (N, V)
     log_probs = logits.float().log_softmax(dim=-1)  # (N, V)
     log_probs[:, ids.pad] = -math.inf
-    if forbid_eos:
+    if isinstance(forbid_eos, Tensor):
+        log_probs[forbid_eos, ids.eos] = -math.inf
+    elif forbid_eos:
         log_probs[:, ids.eos] = -math.inf
     return log_probs
 
@@ -182,7 +185,7 @@ def row_max(x: Tensor, block: int = 64) -> tuple[Tensor, Tensor]:
     return block_max[rows, best_block], best_block * block + within
 
 
-def _strip_eos(tokens: list[int], eos_id: int) -> list[int]:
+def strip_eos(tokens: list[int], eos_id: int) -> list[int]:
     return tokens[:-1] if tokens and tokens[-1] == eos_id else tokens
 
 
@@ -213,7 +216,7 @@ def greedy_search(
     log_prob = torch.zeros(B, device=device)  # (N,)
     step = 0
     while active:
-        log_probs = _next_log_probs(
+        log_probs = next_log_probs(
             model, tokens, memory, src_mask, cache, step < min_length, ids
         )  # (N, V)
         best, next_token = row_max(log_probs)  # (N,), (N,)
@@ -230,7 +233,7 @@ def greedy_search(
         ):
             if math.isnan(lp):
                 raise NonFiniteScoreError()
-            stripped = _strip_eos(hyp_ids, ids.eos)
+            stripped = strip_eos(hyp_ids, ids.eos)
             results[active[i]] = Hypothesis(stripped, lp, lp, ended=len(stripped) < len(hyp_ids))
         keep = [i for i, d in enumerate(done) if not d]
         active = [active[i] for i in keep]
@@ -284,7 +287,7 @@ def beam_step(candidate_log_prob: Tensor, beam_size: int, eos_id: int) -> BeamSt
     )
 
 
-class _Finished:
+class Finished:
     """The best `beam_size` finished hypotheses of one sentence, best first."""
 
     def __init__(self, beam_size: int) -> None:
@@ -311,37 +314,54 @@ class _Finished:
         return self.hypotheses[-1].score if self.full else -math.inf
 
 
-def _finish_eos_candidates(
-    result: BeamStep, tokens: Tensor, finished: list[_Finished], alpha: float
+def outputs(tokens: Tensor, rows: Tensor, begin: Tensor | None = None) -> list[list[int]]:
+    """The tokens after BOS of hypotheses `rows` of `tokens` (N, T), whose BOS is in column
+    0 or, when rows began at different columns (continuous batching), in `begin` (N,)."""
+    if begin is None:
+        return tokens[rows, 1:].tolist()
+    return [
+        ids[b + 1 :] for ids, b in zip(tokens[rows].tolist(), begin[rows].tolist(), strict=True)
+    ]
+
+
+def finish_eos_candidates(
+    result: BeamStep,
+    tokens: Tensor,
+    finished: list[Finished],
+    alpha: float,
+    begin: Tensor | None = None,
 ) -> None:
     """Record each sentence's EOS candidates; only these few rows are copied to the CPU."""
     hits = result.eos_log_prob.isfinite().nonzero()  # (E, 2): sentence, rank
     parents = result.eos_parent[hits[:, 0], hits[:, 1]]  # (E,)
     for i, ids, log_prob in zip(
         hits[:, 0].tolist(),
-        tokens[parents, 1:].tolist(),
+        outputs(tokens, parents, begin),
         result.eos_log_prob[hits[:, 0], hits[:, 1]].tolist(),
         strict=True,
     ):
         finished[i].add(ids, log_prob, True, alpha)
 
 
-def _finish_live(
-    result: BeamStep, tokens: Tensor, sentences: list[int], finished: list[_Finished], alpha: float
+def finish_live(
+    result: BeamStep,
+    tokens: Tensor,
+    sentences: list[int],
+    finished: list[Finished],
+    alpha: float,
+    begin: Tensor | None = None,
 ) -> None:
     """Record the live hypotheses of `sentences` (at their maximum length) as they are."""
     rows = torch.tensor(sentences, device=tokens.device)
     K = result.live_token.size(1)
-    ids = torch.cat(
-        [tokens[result.live_parent[rows].view(-1), 1:], result.live_token[rows].view(-1, 1)],
-        dim=1,
-    ).view(len(sentences), K, -1)  # (L, K, T)
-    for sentence, ids_k, log_prob_k in zip(
-        finished, ids.tolist(), result.live_log_prob[rows].tolist(), strict=True
+    parents = outputs(tokens, result.live_parent[rows].view(-1), begin)  # L·K lists
+    tokens_k = result.live_token[rows].tolist()  # (L, K)
+    for s, (sentence, log_prob_k) in enumerate(
+        zip(finished, result.live_log_prob[rows].tolist(), strict=True)
     ):
-        for hypothesis, log_prob in zip(ids_k, log_prob_k, strict=True):
+        for k, log_prob in enumerate(log_prob_k):
             if log_prob > -math.inf:
-                sentence.add(hypothesis, log_prob, False, alpha)
+                sentence.add([*parents[s * K + k], tokens_k[s][k]], log_prob, False, alpha)
 
 
 @torch.inference_mode()
@@ -379,23 +399,23 @@ def beam_search(
     src_mask = model.source_mask(src)  # (B, 1, 1, S)
     memory = model.encode(src, src_mask)  # (B, S, D): one row per sentence, for all its beams
     cache = model.new_cache() if use_cache else None
-    finished = [_Finished(K) for _ in range(B)]
+    finished = [Finished(K) for _ in range(B)]
     active = list(range(B))  # original index of each active sentence
     tokens = torch.full((B, 1), ids.bos, dtype=torch.long, device=device)  # (N*k, T)
     beam_log_prob = torch.zeros(B, 1, device=device)  # (N, k): one hypothesis, BOS, at first
     step = 0
     while active:
-        log_probs = _next_log_probs(
+        log_probs = next_log_probs(
             model, tokens, memory, src_mask, cache, step < min_length, ids
         )  # (N*k, V)
         log_probs += beam_log_prob.view(-1, 1)  # in place: one (N*k, V) tensor fewer per step
         result = beam_step(log_probs.view(len(active), beam_log_prob.size(1), -1), K, ids.eos)
         step += 1
 
-        _finish_eos_candidates(result, tokens, [finished[b] for b in active], alpha)
+        finish_eos_candidates(result, tokens, [finished[b] for b in active], alpha)
         at_limit = [i for i, b in enumerate(active) if max_lens[b] <= step]
         if at_limit:
-            _finish_live(result, tokens, at_limit, [finished[active[i]] for i in at_limit], alpha)
+            finish_live(result, tokens, at_limit, [finished[active[i]] for i in at_limit], alpha)
         best_live = result.live_log_prob[:, 0].tolist()  # (N,)
         if any(math.isnan(value) for value in best_live):
             raise NonFiniteScoreError()

@@ -146,15 +146,16 @@ class Translator:
         ]
         for batch, hypotheses in zip(batches, self._search_all(srcs, decoding), strict=True):
             for (i, _), nbest in zip(batch, hypotheses, strict=True):
-                results[i] = [
-                    Translation(
-                        text=self.tokenizers.tgt.decode(list(h.tokens)),
-                        score=float(h.score),
-                        tokens=tuple(int(t) for t in h.tokens),
-                    )
-                    for h in nbest
-                ]
+                results[i] = [self.translation(h) for h in nbest]
         return results
+
+    def translation(self, hypothesis: Hypothesis) -> Translation:
+        """A search's hypothesis as text, with its score and token ids."""
+        return Translation(
+            text=self.tokenizers.tgt.decode(list(hypothesis.tokens)),
+            score=float(hypothesis.score),
+            tokens=tuple(int(t) for t in hypothesis.tokens),
+        )
 
     def source_ids(self, line: str, line_number: int = 1) -> list[int]:
         """The ids the encoder reads for `line`: its pieces (cut to the model's limit, with a

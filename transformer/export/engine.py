@@ -4,7 +4,9 @@
 the search is the PyTorch engine's own code (pieces, truncation to the model's positions with
 a warning, EOS, token-budget batches, workers, input order, empty lines, detokenization), so
 both engines read and write text the same way. The source ids of a batch are handed to
-CTranslate2 as SentencePiece pieces; its output pieces are mapped back to ids.
+CTranslate2 as SentencePiece pieces; its output pieces are mapped back to ids. All the
+batches of a call are queued in CTranslate2 at once (`asynchronous=True`), whose `workers`
+threads decode them in parallel, then their results are collected in order.
 
 What CTranslate2 is asked, to decode as `transformer.decoding.search` does:
 
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,24 @@ from transformer.export.spec import import_ctranslate2
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _Group:
+    """Sentences of a batch that share one maximum length, queued in CTranslate2."""
+
+    limit: int
+    indices: list[int]  # their rows in the batch
+    sources: list[list[str]]
+    pending: list[Any]  # a ctranslate2.AsyncTranslationResult each
+
+
+@dataclass(frozen=True)
+class _Posted:
+    """A batch queued in CTranslate2: its sentences, in groups by maximum length."""
+
+    sentences: int
+    groups: list[_Group]
+
+
 class CTranslate2Translator(Translator):
     """A CTranslate2 export, ready to translate lines of raw text like `Translator`.
 
@@ -80,6 +101,7 @@ class CTranslate2Translator(Translator):
             raise ValueError(f"workers must be >= 1 (got {workers})")
         self.engine = engine  # a ctranslate2.Translator
         self.record = record
+        self.directory = directory
         self.config = record.run_config(str(directory))
         self.tokenizers = load_tokenizers(directory)
         self.device = torch.device("cpu")  # where the batches of ids are built
@@ -117,8 +139,20 @@ class CTranslate2Translator(Translator):
         )
         return cls(engine, record, directory, workers)
 
+    def _search_all(
+        self, srcs: list[Tensor], decoding: DecodingConfig
+    ) -> list[list[list[Hypothesis]]]:
+        """Hand every batch to CTranslate2 at once (asynchronously): its `workers` threads
+        decode them in parallel, batch by batch as they are queued; the results in order."""
+        posted = [self._post(src, decoding) for src in srcs]
+        return [self._collect(batch, decoding) for batch in posted]
+
     def _search(self, src: Tensor, decoding: DecodingConfig) -> list[list[Hypothesis]]:
-        """Decode source ids (B, S) with CTranslate2: per sentence its n-best list, best first.
+        """Decode source ids (B, S) with CTranslate2: per sentence its n-best list, best first."""
+        return self._collect(self._post(src, decoding), decoding)
+
+    def _post(self, src: Tensor, decoding: DecodingConfig) -> _Posted:
+        """Queue a batch of source ids (B, S) in CTranslate2 (asynchronous=True); at once.
 
         CTranslate2 takes one maximum length per call: the sentences that share one are
         decoded together. (Decoding the batch at its longest maximum, then again only the
@@ -133,22 +167,33 @@ class CTranslate2Translator(Translator):
             self.record.max_target_positions,
         )
         pieces = [[self.source_pieces[i] for i in row if i != PAD_ID] for row in src.tolist()]
-        results: list[list[Hypothesis]] = [[] for _ in pieces]
+        groups = []
         for limit in sorted(set(limits)):
             group = [i for i, own in enumerate(limits) if own == limit]
-            outputs = self._decode([pieces[i] for i in group], decoding, limit)
-            for i, output in zip(group, outputs, strict=True):
+            sources = [pieces[i] for i in group]
+            options = search_options(decoding, limit)
+            pending = self.engine.translate_batch(sources, asynchronous=True, **options)
+            groups.append(_Group(limit, group, sources, pending))
+        return _Posted(len(pieces), groups)
+
+    def _collect(self, posted: _Posted, decoding: DecodingConfig) -> list[list[Hypothesis]]:
+        """Wait for a posted batch's results; per sentence its n-best list, best first."""
+        results: list[list[Hypothesis]] = [[] for _ in range(posted.sentences)]
+        for group in posted.groups:
+            outputs = self._redecode_pad(group, decoding)
+            for i, output in zip(group.indices, outputs, strict=True):
                 results[i] = self._hypotheses(output, decoding)
         return results
 
-    def _decode(self, sources: list[list[str]], decoding: DecodingConfig, limit: int) -> list:
-        """CTranslate2's results for sources that share one maximum length; a result that
-        wrote PAD (rare) is replaced by a decoding with PAD suppressed."""
-        outputs = self.engine.translate_batch(sources, **search_options(decoding, limit))
+    def _redecode_pad(self, group: _Group, decoding: DecodingConfig) -> list:
+        """CTranslate2's results for a group (waited for); a result that wrote PAD (rare) is
+        replaced by a decoding with PAD suppressed."""
+        outputs = [pending.result() for pending in group.pending]
         wrote_pad = [i for i, output in enumerate(outputs) if _holds_pad(output)]
         if wrote_pad:
             again = self.engine.translate_batch(
-                [sources[i] for i in wrote_pad], **search_options(decoding, limit, True)
+                [group.sources[i] for i in wrote_pad],
+                **search_options(decoding, group.limit, True),
             )
             for i, output in zip(wrote_pad, again, strict=True):
                 outputs[i] = output

@@ -253,7 +253,7 @@ class MultiHeadAttention(nn.Module):
         D, kv = self.spec.d_model, self.spec.kv_dim
         q, k, v = (self.split_heads(t) for t in self.qkv_proj(x).split([D, kv, kv], dim=-1))
         if self.rotary is not None:  # RoPE: rotate by the positions, after the cached ones
-            offset = 0 if cache is None else cache.length
+            offset = 0 if cache is None else cache.next_position  # int, or (N,) per row
             q, k = self.rotary(q, offset), self.rotary(k, offset)
         if cache is not None:
             k, v = cache.append(k, v)  # (N, H_kv, T_cached + T, d_k)
@@ -269,11 +269,16 @@ class MultiHeadAttention(nn.Module):
             return q, cache.k, cache.v  # (B, H_kv, S, d_k): projected at the first step
         if memory is None:
             raise ValueError("cross-attention needs the encoder output until its cache holds it")
-        kv = self.qkv_proj(memory, self.qkv_proj.kv_outputs)  # (B, S, 2·kv_dim)
-        k, v = (self.split_heads(t) for t in kv.chunk(2, dim=-1))  # (B, H_kv, S, d_k) each
+        k, v = self.project_memory(memory)  # (B, H_kv, S, d_k) each
         if cache is not None:
             k, v = cache.keep(k, v)
         return q, k, v
+
+    def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """K, V = m W^K, m W^V of the encoder output m (B, S, D): (B, H_kv, S, d_k) each."""
+        kv = self.qkv_proj(memory, self.qkv_proj.kv_outputs)  # (B, S, 2·kv_dim)
+        k, v = (self.split_heads(t) for t in kv.chunk(2, dim=-1))
+        return k, v
 
     def attend(
         self,

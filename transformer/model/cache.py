@@ -7,11 +7,18 @@ Self-attention keys and values have a row per hypothesis and grow by one positio
 Cross-attention keys and values (the encoder output, projected once) have a row per source
 sentence: the N / B consecutive hypotheses of a sentence (its beams) read the same row, so
 beam search neither copies them per beam nor moves them when beams are reordered.
+
+Rows may also have come different distances (continuous batching: a sentence joins a decode
+under way). Then the self-attention slots are shared and each row's own positions begin at
+its `start` slot: the slots before it are zeros that its queries do not attend (`key_mask`),
+and its next position is `length - start`. `join` adds rows this way; `trim` drops the
+slots no row needs.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -26,6 +33,26 @@ class KVCache:
         self.k: Tensor | None = None
         self.v: Tensor | None = None
         self.kept = False
+        self.start: Tensor | None = None  # (rows,) each row's first slot; None: all 0
+        self.joining = 0  # rows joined after k's, not laid out yet (zero slots until `append`)
+
+    @property
+    def rows(self) -> int:
+        """Rows (hypotheses) held, those joining included."""
+        return (0 if self.k is None else self.k.size(0)) + self.joining
+
+    @property
+    def next_position(self) -> int | Tensor:
+        """The position of the next token: one for every row, or one per row (rows,)."""
+        return self.length if self.start is None else self.length - self.start
+
+    def key_mask(self, new: int) -> Tensor | None:
+        """Which of the slots after `new` more positions each row attends: (rows, 1, 1,
+        length + new), or None when every row attends every slot."""
+        if self.start is None:
+            return None
+        slots = torch.arange(self.length + new, device=self.start.device)
+        return (slots >= self.start[:, None])[:, None, None, :]
 
     @property
     def length(self) -> int:
@@ -36,11 +63,31 @@ class KVCache:
         """Self-attention: add the new positions (N, H, T_new, d_k); return all (N, H, T, d_k)."""
         if self.kept:
             raise ValueError("this cache holds cross-attention keys; self-attention cannot grow it")
-        if self.k is not None:
+        if self.joining:  # lay the joined rows out and add the new positions in one copy
+            k, v = self._grown(self.k, k), self._grown(self.v, v)
+            self.joining = 0
+        elif self.k is not None:
             k = torch.cat([self.k, k], dim=2)  # (N, H, T_cached + T_new, d_k)
             v = torch.cat([self.v, v], dim=2)
         self.k, self.v = k, v
         return k, v
+
+    def _grown(self, cached: Tensor, new: Tensor) -> Tensor:
+        """The cached slots of the old rows, zero slots for the joining rows, then the new
+        positions of every row: (rows, H, T_cached + T_new, d_k)."""
+        old, T = cached.size(0), cached.size(2)
+        grown = new.new_empty(new.size(0), new.size(1), T + new.size(2), new.size(3))
+        grown[:old, :, :T] = cached
+        grown[old:, :, :T] = 0
+        grown[:, :, T:] = new
+        return grown
+
+    def _lay_out(self) -> None:
+        """Give the joining rows their zero slots now."""
+        if self.joining and self.k is not None and self.v is not None:
+            zeros = self.k.new_zeros(self.joining, *self.k.shape[1:])
+            self.k, self.v = torch.cat([self.k, zeros]), torch.cat([self.v, zeros])
+        self.joining = 0
 
     def keep(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Cross-attention: keep the encoder output's keys/values (B, H, S, d_k) for every step.
@@ -53,9 +100,58 @@ class KVCache:
 
     def select(self, rows: Tensor) -> None:
         """Keep rows `rows` (R,), in that order."""
+        self._lay_out()
         if self.k is not None:
             self.k = self.k.index_select(0, rows)
             self.v = self.v.index_select(0, rows)
+        if self.start is not None:
+            self.start = self.start.index_select(0, rows)
+
+    def join(self, other: KVCache) -> None:
+        """Self-attention: put `other`'s rows after these, both left-padded with zero slots
+        to the longer length; the padded rows' positions begin after the padding.
+
+        Rows with no position yet (a sentence about to take its first step) are laid out by
+        the next `append`, which then copies the cache once rather than twice.
+        """
+        assert self.k is not None and self.v is not None
+        assert other.k is not None and other.v is not None
+        if other.length == 0:
+            start = torch.full((other.rows,), self.length, device=self.k.device)
+            self.start = torch.cat([self._starts(), start])
+            self.joining += other.rows
+            return
+        self._lay_out()
+        other._lay_out()
+        length = max(self.length, other.length)
+        starts, keys, values = [], [], []
+        for cache in (self, other):
+            pad = length - cache.length
+            starts.append(cache._starts() + pad)
+            keys.append(F.pad(cache.k, (0, 0, pad, 0)) if pad else cache.k)  # (rows, H, T, d_k)
+            values.append(F.pad(cache.v, (0, 0, pad, 0)) if pad else cache.v)
+        self.k, self.v = torch.cat(keys), torch.cat(values)
+        start = torch.cat(starts)
+        self.start = start if bool(start.any()) else None
+
+    def _starts(self) -> Tensor:
+        """Each row's first slot (rows,), zeros when all begin at 0."""
+        if self.start is not None:
+            return self.start
+        device = self.k.device if self.k is not None else None
+        return torch.zeros(self.rows, dtype=torch.long, device=device)
+
+    def trim(self) -> None:
+        """Self-attention: drop the leading slots that no row attends any more."""
+        if self.start is None or self.k is None:
+            return
+        self._lay_out()
+        unused = int(self.start.min())
+        if unused:
+            self.k, self.v = self.k[:, :, unused:], self.v[:, :, unused:]
+            self.start = self.start - unused
+        if not bool(self.start.any()):
+            self.start = None
 
 
 class DecoderCache:
@@ -81,6 +177,76 @@ class DecoderCache:
         """Whether the cross-attention keys/values (and the source mask) are cached."""
         return self.cross_attn[0].kept
 
+    @property
+    def next_position(self) -> int | Tensor:
+        """The position of the next target token: one for all rows, or one per row (N,)."""
+        return self.self_attn[0].next_position
+
+    def key_mask(self, new: int) -> Tensor | None:
+        """Which self-attention slots, with `new` more, each row attends: (N, 1, 1, T_all),
+        or None when all of them (every row began at slot 0)."""
+        return self.self_attn[0].key_mask(new)
+
+    @property
+    def rows(self) -> int:
+        """Decoder rows (hypotheses) the cache holds."""
+        return self.self_attn[0].rows
+
+    def join(self, other: DecoderCache) -> None:
+        """Put the rows of `other` (a cache holding its source, see `Transformer.source_cache`)
+        after these rows, as continuous batching adds sentences to a decode under way.
+
+        Both must give their sources the same number of rows (1 for greedy search, the beam
+        size for beam search). The self-attention slots are left-padded to the longer of the
+        two (`KVCache.join`); the sources are right-padded with masked zero keys to the
+        longer source.
+        """
+        if self.rows == 0:  # nothing under way: take the other's rows as they are
+            self.self_attn, self.cross_attn = other.self_attn, other.cross_attn
+            self.source_mask = other.source_mask
+            return
+        if self.rows // self.sources != other.rows // other.sources:
+            raise ValueError("joined caches must give each source the same number of rows")
+        for mine, theirs in zip(self.self_attn, other.self_attn, strict=True):
+            mine.join(theirs)
+        S = max(self.source_length, other.source_length)
+        for mine, theirs in zip(self.cross_attn, other.cross_attn, strict=True):
+            mine.k, mine.v = (
+                torch.cat([_pad_source(a, S), _pad_source(b, S)])
+                for a, b in ((mine.k, theirs.k), (mine.v, theirs.v))
+            )  # (B + B', H_kv, S, d_k)
+        assert self.source_mask is not None and other.source_mask is not None
+        self.source_mask = torch.cat(
+            [
+                F.pad(m, (0, S - m.size(-1)), value=False)
+                for m in (self.source_mask, other.source_mask)
+            ]
+        )  # (B + B', 1, 1, S)
+
+    def trim(self) -> None:
+        """Drop the self-attention slots no row attends, and the source positions no source
+        has once they are a quarter of them (after the rows that needed them left)."""
+        for layer in self.self_attn:
+            layer.trim()
+        if self.source_mask is None or not self.holds_source:
+            return
+        used = int(self.source_mask.any(dim=0).flatten().nonzero().max()) + 1
+        if used < self.source_length * 3 // 4:  # copying the keys pays only for a real cut
+            self.source_mask = self.source_mask[..., :used]
+            for layer in self.cross_attn:
+                layer.k = layer.k[:, :, :used].contiguous()  # (B, H_kv, used, d_k)
+                layer.v = layer.v[:, :, :used].contiguous()
+
+    @property
+    def sources(self) -> int:
+        """Source sentences whose keys and values the cache holds."""
+        return self.cross_attn[0].k.size(0) if self.holds_source else 0
+
+    @property
+    def source_length(self) -> int:
+        """S, the (padded) source positions the cross-attention reads."""
+        return self.cross_attn[0].k.size(2) if self.holds_source else 0
+
     def keep_source_mask(self, src_mask: Tensor | None) -> None:
         """Remember the source padding mask (B, 1, 1, S) at the first step."""
         self.source_mask = src_mask
@@ -94,7 +260,7 @@ class DecoderCache:
         and sources no row reads any more are dropped; any other order gives each row its
         own copy.
         """
-        rows = self.self_attn[0].k.size(0) if self.self_attn[0].k is not None else None
+        rows = self.rows if self.self_attn[0].k is not None else None
         for layer in self.self_attn:
             layer.select(indices)
         if not self.holds_source or rows is None:
@@ -110,3 +276,8 @@ class DecoderCache:
             layer.select(rows_to_keep)
         if self.source_mask is not None and self.source_mask.size(0) == sources:
             self.source_mask = self.source_mask.index_select(0, rows_to_keep)
+
+
+def _pad_source(x: Tensor, length: int) -> Tensor:
+    """Cross-attention keys or values (B, H_kv, S, d_k) padded with zeros to `length` positions."""
+    return x if x.size(2) == length else F.pad(x, (0, 0, 0, length - x.size(2)))

@@ -10,6 +10,10 @@ told positions in one of three ways (`model.positional_encoding`):
   the two positions only through their difference.
 
 Shape legend: B batch, H heads, T positions, D d_model, d_k = D / H.
+
+Every encoding places the T positions it is given after an `offset`: one number for every
+row, or a tensor (B,) of one per row, for decoder rows that have come different distances
+(continuous batching, `transformer.decoding.continuous`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,13 @@ import torch
 from torch import Tensor, nn
 
 BASE = 10000.0  # the paper's wavelength base, also RoPE's
+
+Offset = int | Tensor  # the first position: one for all rows, or one per row (B,)
+
+
+def position_ids(offset: Tensor, length: int) -> Tensor:
+    """Per-row offsets (B,) -> the positions (B, T) offset .. offset+T-1 of each row."""
+    return offset[:, None] + torch.arange(length, device=offset.device)
 
 
 LAYOUTS = ("interleaved", "halves")
@@ -60,8 +71,16 @@ class SinusoidalPositionalEncoding(nn.Module):
         table = sinusoidal_table(torch.arange(precomputed), d_model, layout)  # (precomputed, D)
         self.register_buffer("table", table, persistent=False)
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+    def forward(self, x: Tensor, offset: Offset = 0) -> Tensor:
         """(B, T, D) -> (B, T, D): x plus the encodings of positions offset .. offset+T-1."""
+        if isinstance(offset, Tensor):  # a first position per row
+            positions = position_ids(offset, x.size(1))  # (B, T)
+            if int(positions.max()) < self.table.size(0):
+                rows = self.table[positions]  # (B, T, D)
+            else:
+                rows = sinusoidal_table(positions.flatten(), self.d_model, self.layout)
+                rows = rows.view(*positions.shape, self.d_model)
+            return x + rows.to(x.dtype)
         end = offset + x.size(1)
         if end <= self.table.size(0):
             rows = self.table[offset:end]  # (T, D)
@@ -79,15 +98,17 @@ class LearnedPositionalEncoding(nn.Module):
         self.max_positions = max_positions
         self.embedding = nn.Embedding(max_positions, d_model)
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+    def forward(self, x: Tensor, offset: Offset = 0) -> Tensor:
         """(B, T, D) -> (B, T, D): x plus the learned vectors of positions offset .. offset+T-1."""
-        end = offset + x.size(1)
+        end = (offset if isinstance(offset, int) else int(offset.max())) + x.size(1)
         if end > self.max_positions:
             raise ValueError(
                 f"sequence of {end} positions exceeds the learned positional encoding's "
                 f"max_positions={self.max_positions}; shorten the input or raise "
                 "model.max_positions (or use positional_encoding: sinusoidal)"
             )
+        if isinstance(offset, Tensor):
+            return x + self.embedding(position_ids(offset, x.size(1)))  # (B, T, D)
         positions = torch.arange(offset, end, device=x.device)
         return x + self.embedding(positions)
 
@@ -119,14 +140,29 @@ class RotaryPositionalEncoding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+    def forward(self, x: Tensor, offset: Offset = 0) -> Tensor:
         """Rotate x (B, H, T, d_k) as positions offset .. offset+T-1 -> (B, H, T, d_k)."""
+        if isinstance(offset, Tensor):  # a first position per row
+            positions = position_ids(offset, x.size(-2))  # (B, T)
+            if int(positions.max()) < self.cos.size(0):
+                cos, sin = self.cos[positions], self.sin[positions]  # (B, T, d_k/2)
+            else:
+                angles = rotary_angles(positions.flatten(), self.d_k)
+                angles = angles.view(*positions.shape, -1)
+                cos, sin = angles.cos(), angles.sin()
+            return self.rotate(x, cos[:, None], sin[:, None])  # (B, 1, T, d_k/2): every head
         end = offset + x.size(-2)
         if end <= self.cos.size(0):
             cos, sin = self.cos[offset:end], self.sin[offset:end]  # (T, d_k/2)
         else:
             angles = rotary_angles(torch.arange(offset, end, device=x.device), self.d_k)
             cos, sin = angles.cos(), angles.sin()
+        return self.rotate(x, cos, sin)
+
+    @staticmethod
+    def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Turn each pair of features of x (B, H, T, d_k) by angles whose cos and sin
+        broadcast to (B, H, T, d_k/2)."""
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         even, odd = x[..., 0::2], x[..., 1::2]  # (B, H, T, d_k/2) each
         rotated = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1)

@@ -106,7 +106,7 @@ class Decoder(nn.Module):
         `recorder` keeps each layer's self-attention (N, H, T, T_all) and cross-attention
         (N, H, T, S) weights.
         """
-        offset = 0 if cache is None else cache.length
+        cached = 0 if cache is None else cache.length
         T = x.size(1)
         if cache is not None:
             if cache.holds_source:
@@ -114,10 +114,13 @@ class Decoder(nn.Module):
             else:
                 cache.keep_source_mask(src_mask)
         if self.positional is not None:
-            x = self.positional(x, offset)
+            x = self.positional(x, 0 if cache is None else cache.next_position)
         x = self.dropout(x)
         # One new position may attend every earlier one: no mask needed.
-        tgt_mask = None if T == 1 else causal_mask(T, offset + T, x.device)  # (T, offset + T)
+        tgt_mask = None if T == 1 else causal_mask(T, cached + T, x.device)  # (T, cached + T)
+        slots = None if cache is None else cache.key_mask(T)  # (N, 1, 1, cached + T) or None
+        if slots is not None:  # rows that joined a decode under way skip the slots before them
+            tgt_mask = slots if tgt_mask is None else slots & tgt_mask
         for i, layer in enumerate(self.layers):
             caches = None if cache is None else (cache.self_attn[i], cache.cross_attn[i])
             x = layer(x, memory, src_mask, tgt_mask, caches, recorder)
@@ -226,6 +229,25 @@ class Transformer(nn.Module):
     def new_cache(self) -> DecoderCache:
         """An empty cache for incremental decoding with `decode`."""
         return DecoderCache(len(self.decoder.layers))
+
+    def source_cache(
+        self, memory: Tensor, src_mask: Tensor, rows_per_source: int = 1
+    ) -> DecoderCache:
+        """A cache for decoding `rows_per_source` rows (beams) of each source from scratch:
+        the cross-attention keys and values of the encoder output (B, S, D) and its mask,
+        and no target position yet. What continuous batching `join`s to a decode under way.
+        """
+        cache = self.new_cache()
+        cache.keep_source_mask(src_mask)
+        B = memory.size(0)
+        for layer, self_cache, cross_cache in zip(
+            self.decoder.layers, cache.self_attn, cache.cross_attn, strict=True
+        ):
+            cross_cache.keep(*layer.cross_attn.project_memory(memory))  # (B, H_kv, S, d_k)
+            spec = layer.cross_attn.spec
+            empty = memory.new_zeros(B * rows_per_source, spec.kv_heads, 0, spec.d_k)
+            self_cache.append(empty, empty)  # (N, H_kv, 0, d_k): the rows, no position yet
+        return cache
 
     def source_mask(self, src: Tensor) -> Tensor:
         """Padding mask of source ids: (B, S) -> (B, 1, 1, S)."""

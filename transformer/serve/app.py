@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -37,6 +37,7 @@ from transformer.decoding.translator import Translator
 from transformer.errors import UserError
 from transformer.explain.trace import explain
 from transformer.serve.batcher import Batcher
+from transformer.serve.continuous import ContinuousBatcher
 from transformer.serve.schemas import (
     ErrorResponse,
     ExplainRequest,
@@ -49,6 +50,9 @@ from transformer.serve.schemas import (
     translate_work,
 )
 from transformer.serve.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from transformer.serve.ctranslate2_engine import CTranslate2Engine
 
 logger = logging.getLogger(__name__)
 
@@ -65,19 +69,33 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(translator: Translator, settings: ServeSettings | None = None) -> FastAPI:
-    """The FastAPI application serving `translator` within `settings`' limits."""
+def create_app(
+    translator: Translator,
+    settings: ServeSettings | None = None,
+    engine: CTranslate2Engine | None = None,
+) -> FastAPI:
+    """The FastAPI application serving `translator` within `settings`' limits; /translate is
+    decoded by `engine` when given (--engine ctranslate2), /explain always by `translator`."""
     settings = settings or ServeSettings()
     max_tokens = settings.max_batch_tokens or translator.config.decoding.batch_tokens
     defaults = dataclasses.replace(translator.config.decoding, batch_tokens=max_tokens)
-    batcher = Batcher(translator, max_tokens, settings.batch_window_ms / 1000, settings.workers)
+    batcher: Batcher | ContinuousBatcher
+    if settings.batching == "continuous":
+        batcher = ContinuousBatcher(translator, max_tokens, settings.workers)
+    else:
+        batcher = Batcher(translator, max_tokens, settings.batch_window_ms / 1000, settings.workers)
+    translating = engine or batcher
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await batcher.start()
+        if engine is not None:
+            await engine.start()
         try:
             yield
         finally:
+            if engine is not None:
+                await engine.stop()
             await batcher.stop()
 
     app = FastAPI(
@@ -93,6 +111,7 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
     app.add_middleware(_BodyLimit, max_bytes=settings.max_request_bytes)
     page = resources.files(PACKAGE).joinpath("static", "index.html").read_text(encoding="utf-8")
     info = _info(translator, settings, defaults)
+    info.update(engine.describe() if engine is not None else {})
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -102,7 +121,7 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
     async def translate(request: TranslateRequest) -> TranslateResponse:
         """Translate one text or several; each gets its best translation and n-best list."""
         work = translate_work(request, translator, defaults, settings)
-        results = await _model_work(batcher.translate(work.lines, work.tokens, work.decoding))
+        results = await _model_work(translating.translate(work.lines, work.tokens, work.decoding))
         return translate_response(results)
 
     @app.post("/explain", response_model=ExplainResponse, responses=_ERRORS)
@@ -115,13 +134,14 @@ def create_app(translator: Translator, settings: ServeSettings | None = None) ->
     @app.get("/health")
     async def health() -> dict[str, Any]:
         """Whether the server answers, and how much it has batched so far."""
-        stats = batcher.stats
+        stats = translating.stats
         return {
             "status": "ok",
-            "queued": batcher.queued,
+            "queued": translating.queued,
             "batches": stats.groups,
             "sentences": stats.sentences,
             "largest_batch": stats.largest_group,
+            "steps": getattr(batcher, "steps", None),  # continuous batching's decoding steps
         }
 
     @app.get("/info")
@@ -187,6 +207,8 @@ def _info(
     config = translator.config
     weights = next(translator.model.parameters())
     return {
+        "engine": "pytorch",  # what decodes /translate
+        "explain_engine": "pytorch",  # what decodes /explain and draws the page's attention
         "checkpoint": settings.checkpoint,
         "device": str(translator.device),
         "dtype": str(weights.dtype).removeprefix("torch."),
@@ -207,6 +229,7 @@ def _info(
             "max_request_bytes": settings.max_request_bytes,
             "max_beam_size": settings.max_beam_size,
             "max_batch_tokens": defaults.batch_tokens,
+            "batching": settings.batching,
             "batch_window_ms": settings.batch_window_ms,
             "workers": settings.workers,
         },

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from transformer.errors import UserError
 
+BATCHING = ("continuous", "groups")  # --batching: how concurrent requests share the model
+
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -15,8 +17,9 @@ class ServeSettings:
     max_request_bytes: int = 1 << 20  # a request body's size
     max_beam_size: int = 16  # the largest beam_size a request may ask for
     max_batch_tokens: int | None = None  # source tokens decoded together; None: the run's
-    batch_window_ms: float = 5.0  # how long the first request of a batch waits for others
-    workers: int = 1  # batches decoded at once, each in its own thread
+    batching: str = "continuous"  # continuous: sentences join the decode under way; groups
+    batch_window_ms: float = 5.0  # groups: how long the first request of a batch waits
+    workers: int = 1  # decodes (continuous) or batches (groups) at once, a thread each
     checkpoint: str = ""  # the checkpoint file, as /info reports it
 
     def __post_init__(self) -> None:
@@ -25,6 +28,10 @@ class ServeSettings:
         if self.max_batch_tokens is not None:
             _at_least("max_batch_tokens", self.max_batch_tokens, 1)
         _at_least("batch_window_ms", self.batch_window_ms, 0)
+        if self.batching not in BATCHING:
+            raise UserError(
+                f"--batching must be one of {', '.join(BATCHING)} (got {self.batching!r})"
+            )
 
 
 def _at_least(name: str, value: float, low: float) -> None:

@@ -58,13 +58,22 @@ async function describeModel() {
     $("model-info").textContent =
       `d_model ${m.d_model}, ${m.num_encoder_layers} encoder + ${m.num_decoder_layers} ` +
       `decoder layers, ${m.num_heads} heads, ${info.vocabulary.target} target pieces; ` +
-      `${info.checkpoint || "checkpoint"}; beam size ${info.decoding.beam_size} by default.`;
+      `${info.checkpoint || "checkpoint"}; beam size ${info.decoding.beam_size} by default.` +
+      engineNote(info);
     $("beam-size").placeholder = info.decoding.beam_size;
     $("beam-size").max = info.limits.max_beam_size;
     $("nbest").max = info.limits.max_beam_size;
   } catch (error) {
     $("model-info").textContent = `cannot read /info: ${error.message}`;
   }
+}
+
+// Which engine translates; the attention is always the PyTorch model's (/info explain_engine).
+function engineNote(info) {
+  if (!info.engine || info.engine === info.explain_engine) return "";
+  const exported = info.export ? ` (${info.export.quantization} export)` : "";
+  return ` Translations by ${info.engine}${exported}; the attention below comes from the ` +
+    `${info.explain_engine} model of that checkpoint, whose translation may differ slightly.`;
 }
 
 async function translate(event) {
