@@ -180,8 +180,13 @@ class Translation:
 
     def attention(self) -> tuple[Tensor, list[str], list[str], str]:
         """The arguments of `attention_image`: weights, rows, columns and title."""
-        title = f"{self.sample.source!r} → {self.hypothesis!r}"
+        title = f"{shorter(self.sample.source)!r}\n→ {shorter(self.hypothesis)!r}"
         return self.cross, self.target_pieces, self.source_pieces, title
+
+
+def shorter(text: str, limit: int = 45) -> str:
+    """`text`, cut to `limit` characters with an ellipsis: a title that fits the image."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def pieces(tokenizer: Tokenizer, ids: list[int], names: dict[int, str]) -> list[str]:
@@ -201,19 +206,20 @@ def samples_markdown(translations: list[Translation]) -> str:
 def attention_image(weights: Tensor, rows: list[str], columns: list[str], title: str) -> np.ndarray:
     """The average of the heads of weights (H, T, S) as an RGB image (height, width, 3).
 
-    Drawn by `transformer.explain.plots.heatmap`, as `transformer-explain` draws it; rendered
-    on the figure's own canvas, without pyplot and its global state.
+    Drawn by `transformer.explain.plots.heatmap`, as `transformer-explain` draws it (white 0,
+    darkest blue 1), without the colour bar and the numbers in the cells, which would take
+    most of the drawing's time; rendered on the figure's own canvas, without pyplot's global
+    state.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     cell = min(_CELL_INCHES, _PANEL_INCHES / max(len(rows), len(columns), 1))
-    size = (max(4.0, len(columns) * cell + 2.8), max(3.0, len(rows) * cell + 2.2))
+    size = (max(4.2, len(columns) * cell + 1.8), max(3.0, len(rows) * cell + 2.0))
     figure = figure_class()(figsize=size, dpi=DPI, layout="constrained")
     ax = figure.add_subplot()
-    image = heatmap(ax, weights.mean(0), rows, columns, title, annotate=True)
+    heatmap(ax, weights.mean(0), rows, columns, title)
     ax.set_ylabel("piece produced (query)", fontsize=9)
-    ax.set_xlabel("source piece (key)", fontsize=9)
-    figure.colorbar(image, ax=ax, shrink=0.8, label="attention weight, average of the heads")
+    ax.set_xlabel("source piece (key), average of the heads", fontsize=9)
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
