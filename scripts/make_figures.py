@@ -213,6 +213,11 @@ def translator_at(run: Path, step: int, steps: Sequence[int]) -> Translator:
     translator = Translator.from_run(run, str(path if step > 0 else kept[0]), device="cpu")
     if step == 0:  # training seeds torch's generator, then builds the model: do it again
         config = translator.config
+        if config.training.init_from is not None:
+            raise UserError(
+                f"{run} was fine-tuned from {config.training.init_from}: its step 0 is that "
+                "model, not one built from its seed; leave 0 out of --steps"
+            )
         initial = build_model(config, config.training.seed, translator.device)
         translator = Translator(initial, translator.tokenizers, config, translator.device)
     return translator

@@ -105,6 +105,22 @@ def test_what_a_run_logged_after_the_checkpoint_it_resumes_from_is_dropped(
     assert [image.step for image in read_events(run).Images("attention/sample_1")] == [5, 10, 20]
 
 
+@pytest.mark.slow
+def test_with_two_processes_only_rank_0_writes_events(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", "-m", "transformer.cli.train",
+               "--config", str(board_config(tmp_path)), "--run-dir", str(run)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list((run / "tensorboard").iterdir())) == 1  # one event file: rank 0's
+    steps = scalar_steps(read_events(run))
+    assert all(steps[tag] == [5, 10, 15, 20] for tag in TRAIN_TAGS), steps
+
+
 def test_without_the_tensorboard_package_training_stops_before_any_work(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -101,11 +101,11 @@ class TensorBoardLog:
         """Open the writer for a training that begins after `step` (0: a new run).
 
         A resumed run appends to the run's events; what an earlier process logged after
-        `step` (it went on past its last checkpoint, then died) is purged, so each step
-        shows once.
+        `step` (it went on past its last checkpoint, then died; or, at step 0, a run that
+        stopped before its first checkpoint) is purged, so each step shows once.
         """
         self.writer = self.writer_class(
-            log_dir=str(self.directory), purge_step=step + 1 if step else None, flush_secs=30
+            log_dir=str(self.directory), purge_step=step + 1, flush_secs=30
         )
 
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
