@@ -10,9 +10,16 @@ From the code that computes them (so a picture cannot disagree with the model):
 From a trained run (--run, default runs/toy), for --text (default "how are you"):
   cross_attention.png, decoder_self_attention.png, encoder_self_attention.png
                             the last layer's attention, head average and each head
+From a run that kept the checkpoints of a few steps (--steps-run, only when given):
+  attention_over_training.png
+                            the last layer's cross-attention (head average) at --steps
+                            (default 0,50,100,200,400): the alignment forming
 
     python scripts/make_figures.py                         # -> docs/figures/
     python scripts/make_figures.py --run runs/m30k --text "a dog runs" --output /tmp/figs
+    transformer-train --config configs/toy.yaml --run-dir runs/toy-steps \
+        --set training.eval_every=50 training.keep_best=8  # the quick start, kept every 50 steps
+    python scripts/make_figures.py --steps-run runs/toy-steps
 
 Needs matplotlib, an optional extra: pip install -e '.[plot]'.
 """
@@ -23,6 +30,8 @@ import argparse
 import logging
 import math
 import sys
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,15 +39,24 @@ import torch.nn.functional as F
 
 from transformer.cli.common import run_command, setup_logging
 from transformer.decoding.translator import Translator
+from transformer.errors import UserError
 from transformer.explain.plots import attention_figure, figure_class, heatmap, png_bytes
-from transformer.explain.trace import explain
+from transformer.explain.trace import Explanation, explain
 from transformer.files import FileError, atomic_write, os_reason
 from transformer.model.attention import causal_mask, padding_mask
 from transformer.model.positions import RotaryPositionalEncoding, rotary_angles, sinusoidal_table
+from transformer.training.checkpoint import checkpoint_dir
 from transformer.training.loss import label_smoothed_loss
+from transformer.training.retention import step_file_name
+from transformer.training.run import build_model
 from transformer.training.schedule import noam_lr
 
 REPO = Path(__file__).resolve().parents[1]
+TRAINING_STEPS = "0,50,100,200,400"
+STEPS_RUN_COMMAND = (
+    "transformer-train --config configs/toy.yaml --run-dir runs/toy-steps "
+    "--set training.eval_every=50 training.keep_best=8"
+)
 logger = logging.getLogger("make_figures")
 
 
@@ -155,11 +173,70 @@ def attention_pictures(run: Path, text: str) -> dict[str, bytes]:
     }  # fmt: skip
 
 
+def attention_over_training(run: Path, text: str, steps: Sequence[int]) -> bytes:
+    """The last layer's cross-attention of `text` (head average) at `steps`, one panel each.
+
+    Step s > 0 is the run's kept checkpoint of that step (checkpoints/step_*.pt); step 0 is
+    the model the run started from, built again from its config and seed. Each model reads
+    its own greedy translation, as `transformer-explain` draws it.
+    """
+    panels: list[tuple[int, Explanation]] = []
+    for step in steps:
+        translator = translator_at(run, step, steps)
+        greedy = replace(translator.config.decoding, beam_size=1, nbest=1)
+        panels.append((step, explain(translator, text, greedy)))
+    figure = figure_class()(figsize=(3.0 * len(panels) + 1.0, 5.2), layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (step, explanation) in zip(axes, panels, strict=True):
+        translation = explanation.translation
+        shown = translation if len(translation) <= 28 else translation[:27] + "…"
+        weights = explanation.maps.cross[-1, 0].mean(0)  # (T, S): the average of the heads
+        image = heatmap(ax, weights, explanation.target_pieces, explanation.source_pieces,
+                        f"step {step}\n→ {shown!r}")  # fmt: skip
+    axes[0].set_ylabel("piece produced (query)")
+    figure.colorbar(image, ax=list(axes), shrink=0.6, label="attention weight, head average")
+    figure.suptitle(f"cross-attention of {text!r} while training (last decoder layer)")
+    return png_bytes(figure)
+
+
+def translator_at(run: Path, step: int, steps: Sequence[int]) -> Translator:
+    """The run's model after `step` steps, on the CPU; step 0: the weights it started from."""
+    kept = sorted(checkpoint_dir(run).glob("step_*.pt"))
+    path = checkpoint_dir(run) / step_file_name(step)
+    if not kept or (step > 0 and not path.is_file()):
+        missing = path if kept else checkpoint_dir(run) / "step_*.pt"
+        raise UserError(
+            f"{missing} is missing: the picture of attention over training needs the run's "
+            f"checkpoints of steps {', '.join(map(str, steps))}; keep them with: "
+            f"{STEPS_RUN_COMMAND}"
+        )
+    translator = Translator.from_run(run, str(path if step > 0 else kept[0]), device="cpu")
+    if step == 0:  # training seeds torch's generator, then builds the model: do it again
+        config = translator.config
+        if config.training.init_from is not None:
+            raise UserError(
+                f"{run} was fine-tuned from {config.training.init_from}: its step 0 is that "
+                "model, not one built from its seed; leave 0 out of --steps"
+            )
+        initial = build_model(config, config.training.seed, translator.device)
+        translator = Translator(initial, translator.tokenizers, config, translator.device)
+    return translator
+
+
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--run", type=Path, default=REPO / "runs" / "toy", help="a trained run")
     parser.add_argument("--text", default="how are you", help="the sentence to draw")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "figures")
+    parser.add_argument(
+        "--steps-run", type=Path, help="a run that kept step checkpoints (see the module doc)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=lambda text: [int(step) for step in text.split(",")],
+        default=TRAINING_STEPS,
+        help=f"the steps of attention_over_training.png (default {TRAINING_STEPS})",
+    )
     args = parser.parse_args(argv)
     setup_logging()
     figures = {
@@ -175,6 +252,10 @@ def _main(argv: list[str] | None) -> int:
         sys.stderr.write(
             f"note: no run at {args.run}: the attention pictures need one "
             "(train it with: transformer-train --config configs/toy.yaml)\n"
+        )
+    if args.steps_run is not None:
+        figures["attention_over_training.png"] = attention_over_training(
+            args.steps_run, args.text, args.steps
         )
     try:
         args.output.mkdir(parents=True, exist_ok=True)

@@ -316,6 +316,7 @@ class TrainingConfig:
     keep_best: int = 3
     early_stopping_patience: int = 0
     progress_bar: bool = True
+    tensorboard: bool = False  # TensorBoard logs in <run>/tensorboard/ (the tensorboard extra)
     # The checkpoint this run's weights started from (written by transformer-train
     # --init-from, which it means when a new run's config gives it); null: a fresh model.
     init_from: str | None = None

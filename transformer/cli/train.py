@@ -43,6 +43,7 @@ from transformer.training.run import (
     prepare_data,
     resolve_model_config,
 )
+from transformer.training.tensorboard import summary_writer_class
 from transformer.training.trainer import Progress, StopRequest, Trainer
 
 logger = logging.getLogger("transformer")
@@ -96,6 +97,8 @@ def train(argv: list[str] | None = None) -> int:
         logging.getLogger("transformer").setLevel(logging.WARNING)
     with _log_buffer() as log:
         start = plan_run(run_dir, args.config, args.overrides, args.resume, args.init_from)
+        if start.config.training.tensorboard:
+            summary_writer_class()  # without the extra, fail before any work
         device = resolve_device(start.config.training.device, "training.device")
         if context.enabled and device.type == "cuda":
             device = torch.device("cuda", context.local_rank)

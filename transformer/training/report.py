@@ -45,8 +45,11 @@ class StepReport:
         self.lr = lr
         self.bar.update(1)
 
-    def show(self, step: int, epoch: int) -> None:
-        """Refresh the bar's numbers and, every log_every steps, log them (`epoch` 0-based)."""
+    def show(self, step: int, epoch: int) -> dict[str, float] | None:
+        """Refresh the bar's numbers and, every log_every steps, log them (`epoch` 0-based).
+
+        Returns the numbers logged (loss, lr, target_tokens_per_s), or None between log steps.
+        """
         cfg = self.cfg
         log_now = step % cfg.log_every == 0
         if log_now or step % cfg.eval_every == 0 or step % 10 == 0:
@@ -66,6 +69,8 @@ class StepReport:
             )
             self.window_loss.zero_()
             self.window_tokens, self.window_start = 0, time.perf_counter()
+            return {"loss": self.train_loss, "lr": self.lr, "target_tokens_per_s": rate}
+        return None
 
     def close(self) -> None:
         """Close the progress bar."""

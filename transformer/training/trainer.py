@@ -38,6 +38,7 @@ from transformer.training.loss import TranslationLoss
 from transformer.training.report import StepReport
 from transformer.training.retention import CheckpointRetention
 from transformer.training.schedule import follows_the_clock, learning_rate
+from transformer.training.tensorboard import TensorBoardLog, validation_samples
 from transformer.training.validation import MetricsLog, ValidationResult, Validator, log_validation
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,11 @@ class Trainer:
             )
         self.metrics = MetricsLog(self.run_dir / METRICS_FILE)
         self.retention = CheckpointRetention(checkpoint_dir(self.run_dir), self.cfg.keep_best)
+        self.grad_norm = torch.zeros((), device=device)  # of the last step, read at log steps
+        self.board: TensorBoardLog | None = None  # training.tensorboard, on rank 0
+        if self.cfg.tensorboard and self.context.is_main:
+            samples = validation_samples(valid_data, self.cfg.eval_samples)
+            self.board = TensorBoardLog(run_dir, model, tokenizers, samples, config.decoding)
 
     def _optimizer(self) -> torch.optim.Adam:
         """Adam with the config's betas, eps and weight decay; the schedule sets its lr."""
@@ -168,12 +174,18 @@ class Trainer:
         show_bar = self.cfg.progress_bar and self.context.is_main
         self.report = StepReport(self.cfg, self.progress.step, show_bar, self.device)
         self.validated_step = self.progress.step
-        started = time.perf_counter() - self.progress.train_seconds
-        reason = self.limit_reached()
-        while reason is None:
-            reason = self.train_epoch(started)
-        self.report.close()
-        self.finish(reason)
+        if self.board is not None:
+            self.board.start(self.progress.step)
+        try:
+            started = time.perf_counter() - self.progress.train_seconds
+            reason = self.limit_reached()
+            while reason is None:
+                reason = self.train_epoch(started)
+            self.report.close()
+            self.finish(reason)
+        finally:
+            if self.board is not None:
+                self.board.close()
         return self.progress
 
     def train_epoch(self, started: float) -> str | None:
@@ -205,7 +217,10 @@ class Trainer:
         self.report.add(loss_sum, tokens, self.optimizer.param_groups[0]["lr"])
         if progress.bad_steps_in_a_row >= cfg.max_bad_steps:
             return DIVERGED
-        self.report.show(progress.step, progress.epoch)
+        logged = self.report.show(progress.step, progress.epoch)
+        if logged is not None and self.board is not None:
+            logged.update(grad_norm=float(self.grad_norm), skipped_steps=progress.skipped_steps)
+            self.board.log_step(progress.step, logged)
         if progress.step % cfg.eval_every == 0:
             self.validated_step = progress.step
             if self.evaluate_and_save():
@@ -325,7 +340,7 @@ class Trainer:
     def update(self, step: int, loss_total: Tensor) -> None:
         """Apply the accumulated gradients, unless the loss or their norm is not finite."""
         self.scaler.unscale_(self.optimizer)  # true gradients for the norm (no-op in fp32)
-        norm = self.gradient_norm()
+        norm = self.grad_norm = self.gradient_norm()
         loss_finite, norm_finite = torch.stack([loss_total.isfinite(), norm.isfinite()]).tolist()
         if loss_finite and norm_finite:
             self.scaler.step(self.optimizer)
@@ -377,6 +392,8 @@ class Trainer:
                     lr=self.report.lr,
                     train_loss=self.report.train_loss,
                 )
+                if self.board is not None:
+                    self.board.log_validation(progress.step, result)
                 improved = self.progress.record_validation(result.metric())
                 stop = self.patience_ran_out()
             self.save(result, improved)
