@@ -59,7 +59,7 @@ def translator(run_dir: Path) -> Translator:
 
 def ct2_app(translator: Translator, run_dir: Path, settings: ServeSettings = LIMITS):
     exported = CTranslate2Translator.from_export(run_dir / "ctranslate2", threads=1)
-    return create_app(translator, settings, CTranslate2Engine(exported, settings))
+    return create_app(translator, settings, CTranslate2Engine(exported, settings, 4000))
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,9 @@ def test_a_failure_of_ctranslate2_is_a_500_for_its_requests_and_serving_goes_on(
         return CTranslate2Translator.translate(exported, *args, **kwargs)
 
     monkeypatch.setattr(exported, "translate", translate_once_failing)
-    with TestClient(create_app(translator, LIMITS, CTranslate2Engine(exported, LIMITS))) as client:
+    with TestClient(
+        create_app(translator, LIMITS, CTranslate2Engine(exported, LIMITS, 4000))
+    ) as client:
         response = client.post("/translate", json={"text": "how are you"})
         assert response.status_code == 500
         assert response.json()["field"] == "server" and "boom" not in response.text

@@ -194,15 +194,15 @@ def _ctranslate2_engine(
     model's device, `--workers` batches at once (each on the threads the policy gave one)."""
     from transformer.serve.ctranslate2_engine import CTranslate2Engine
 
-    engine = CTranslate2Engine(
-        ctranslate2_translator(args, translator.device, settings.workers), settings
-    )
-    exported = Path(engine.translator.record.checkpoint)
+    export = ctranslate2_translator(args, translator.device, settings.workers)
+    max_tokens = settings.max_batch_tokens or translator.config.decoding.batch_tokens
+    engine = CTranslate2Engine(export, settings, max_tokens)
+    exported = Path(export.record.checkpoint)
     if exported.resolve() != Path(settings.checkpoint).resolve():
         logger.warning(
             "%s is an export of %s, not of --checkpoint %s: /explain shows the attention of "
             "another model than the one /translate decodes with",
-            engine.translator.directory,
+            export.directory,
             exported,
             settings.checkpoint,
         )

@@ -20,15 +20,25 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from transformer.config import DecodingConfig
-from transformer.decoding.translator import Translation, Translator
+from transformer.decoding.translator import Translation
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_WINDOWS = 10  # the longest a batch gathers, in collection windows
+
+
+class GroupTranslator(Protocol):
+    """What decodes a group: `Translator` (PyTorch) or `CTranslate2Translator`."""
+
+    def translate(
+        self, lines: Sequence[str], decoding: DecodingConfig | None = None
+    ) -> list[list[Translation]]:
+        """Each line's n-best translations, in input order."""
+        ...
 
 
 @dataclass
@@ -64,7 +74,7 @@ class Batcher:
     """
 
     def __init__(
-        self, translator: Translator, max_tokens: int, window_s: float, workers: int
+        self, translator: GroupTranslator, max_tokens: int, window_s: float, workers: int
     ) -> None:
         self.translator = translator
         self.max_tokens = max_tokens
