@@ -262,3 +262,25 @@ def test_bpe_dropout_above_1_is_a_one_line_error(tmp_path, cli) -> None:
     args = ["--set", "tokenizer.kind=bpe", "tokenizer.sampling.alpha=1.5"]
     result = cli("train", "--config", config, "--run-dir", tmp_path / "run", *args)
     error_line(result, "tokenizer.sampling.alpha", "(0, 1]")
+
+
+# --------------------------------------------------------------------------- a training setting
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_sampling_may_be_turned_on_when_resuming_and_when_fine_tuning(tmp_path, cli) -> None:
+    config = write_config(tmp_path, max_steps=2)
+    plain = ["--set", "tokenizer.sampling=null"]
+    assert cli("train", "--config", config, "--run-dir", tmp_path / "run", *plain).returncode == 0
+    on = "tokenizer.sampling.alpha=0.3"
+    result = cli("train", "--run-dir", tmp_path / "run", "--resume", "--set", on)
+    assert result.returncode == 0, result.stderr
+    assert load_config(tmp_path / "run" / "config.yaml").tokenizer.sampling.alpha == 0.3
+    child = tmp_path / "child"
+    result = cli(
+        "train", "--config", config, "--run-dir", child, "--init-from", tmp_path / "run",
+        "--set", "tokenizer.sampling.alpha=0.5",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert load_config(child / "config.yaml").tokenizer.sampling.alpha == 0.5
+    assert "segmented by sampling" in (child / "train.log").read_text(encoding="utf-8")
