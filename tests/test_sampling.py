@@ -4,13 +4,17 @@ they depend on (seed, epoch) only, that only training sees them, and that resumi
 from __future__ import annotations
 
 import dataclasses
+import json
+import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from tiny_runs import DATA, PAIRS, VOCAB_SIZE, call_main, error_line, tiny_model_config
+from tiny_runs import DATA, ENV, PAIRS, VOCAB_SIZE, call_main, error_line, tiny_model_config
 
 from transformer.cli.train import main as train_main
 from transformer.config import (
@@ -20,6 +24,7 @@ from transformer.config import (
     load_config,
 )
 from transformer.data.corpus import EncodedCorpus, encode_corpus, load_corpus
+from transformer.data.samplers import SubwordSampler, sample_texts
 from transformer.data.sampling import SampledEpochs, sample_epoch
 from transformer.data.tokenizer import TokenizerPair, train_tokenizers
 from transformer.training.checkpoint import load_checkpoint
@@ -103,6 +108,41 @@ def test_the_same_seed_and_epoch_give_the_same_segmentation(setup: Setup) -> Non
     assert ids(sampled(setup, 2)) == ids(again)
     assert ids(sampled(setup, 2), "tgt") == ids(again, "tgt")
     assert ids(sampled(setup, 2, seed=2)) != ids(again)
+
+
+def test_a_segmentation_is_the_same_in_another_process(setup: Setup, tmp_path: Path) -> None:
+    texts = list(setup.best.src_texts)[:100]
+    (tmp_path / "texts.json").write_text(json.dumps(texts), encoding="utf-8")
+    sampling = setup.config.sampling
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from transformer.data.samplers import SubwordSampler, sample_texts\n"
+        f"proto = Path({str(setup.tokenizers.src.path)!r}).read_bytes()\n"
+        f"texts = json.loads(Path({str(tmp_path / 'texts.json')!r}).read_text())\n"
+        f"sampler = SubwordSampler(proto, {setup.config.kind!r}, {sampling.alpha}, "
+        f"{sampling.nbest_size})\n"
+        "tokens, lengths = sample_texts(sampler, texts, 7, 128)\n"
+        "print(json.dumps([tokens.tolist(), lengths.tolist()]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=ENV, capture_output=True, text=True, check=True
+    )
+    sampler = SubwordSampler(
+        setup.tokenizers.src.model_proto, setup.config.kind, sampling.alpha, sampling.nbest_size
+    )
+    tokens, lengths = sample_texts(sampler, texts, 7, 128)
+    assert json.loads(done.stdout) == [tokens.tolist(), lengths.tolist()]
+    assert tokens.tolist() != [i for text in texts for i in setup.tokenizers.src.encode(text)]
+
+
+def test_a_large_alpha_or_no_dropout_gives_sentencepieces_best_segmentation(setup: Setup) -> None:
+    # the lattice with alpha -> infinity is Viterbi's; BPE without dropout is plain BPE
+    alpha = 1000.0 if setup.config.kind == "unigram" else 1e-12
+    texts = list(setup.best.src_texts)
+    sampler = SubwordSampler(setup.tokenizers.src.model_proto, setup.config.kind, alpha, -1)
+    rng = random.Random(0)
+    assert [sampler.sample(t, rng) for t in texts] == setup.tokenizers.src.encode_batch(texts)
 
 
 def test_the_least_random_setting_gives_the_best_segmentation(setup: Setup) -> None:

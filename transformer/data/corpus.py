@@ -19,7 +19,7 @@ import hashlib
 import itertools
 import logging
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import overload
 
@@ -292,7 +292,7 @@ class EncodedCorpus:
         self, src: tuple[np.ndarray, np.ndarray], tgt: tuple[np.ndarray, np.ndarray]
     ) -> EncodedCorpus:
         """The same pairs (and texts) with other ids: a sampled segmentation, each side given
-        as (flat ids ending each sequence with EOS, offsets), as `flat_ids` makes them."""
+        as (flat ids with EOS after each sequence, offsets), as `append_eos` makes them."""
         return EncodedCorpus(*src, *tgt, self.src_texts, self.tgt_texts)
 
     def collate(
@@ -355,31 +355,26 @@ def encode_corpus(
 def _encode(table: pa.Table, tokenizers: TokenizerPair) -> dict[str, np.ndarray]:
     result = {"kept": np.arange(table.num_rows, dtype=np.int64)}
     for side, tokenizer in (("src", tokenizers.src), ("tgt", tokenizers.tgt)):
-        chunks = TextColumn(table.column(side)).chunks()
-        tokens, offsets = flat_ids(tokenizer.encode_batch(chunk) for chunk in chunks)
-        result[f"{side}_tokens"], result[f"{side}_offsets"] = tokens, offsets
+        column = table.column(side)
+        pieces, lengths = [], []
+        for start in range(0, table.num_rows, _ENCODE_CHUNK):
+            ids = tokenizer.encode_batch(column.slice(start, _ENCODE_CHUNK).to_pylist())
+            chunk_lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+            flat = np.fromiter(
+                itertools.chain.from_iterable(ids), dtype=np.int32, count=int(chunk_lengths.sum())
+            )
+            pieces.append(flat)
+            lengths.append(chunk_lengths)
+        tokens, counts = _concat(pieces, np.int32), _concat(lengths, np.int64)
+        result[f"{side}_tokens"], result[f"{side}_offsets"] = append_eos(tokens, counts)
     return result
-
-
-def flat_ids(chunks: Iterable[Sequence[Sequence[int]]]) -> tuple[np.ndarray, np.ndarray]:
-    """Chunks of id sequences (without EOS) as flat int32 ids with EOS after each sequence,
-    and their int64 offsets; each chunk becomes numpy before the next is read (memory)."""
-    pieces, lengths = [], []
-    for ids in chunks:
-        chunk_lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter(
-            itertools.chain.from_iterable(ids), dtype=np.int32, count=int(chunk_lengths.sum())
-        )
-        pieces.append(flat)
-        lengths.append(chunk_lengths)
-    return _append_eos(_concat(pieces, np.int32), _concat(lengths, np.int64))
 
 
 def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
-def _append_eos(tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def append_eos(tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Flat ids with EOS after each sequence, and the offsets of the new sequences."""
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths + 1, out=offsets[1:])

@@ -1,95 +1,100 @@
 """Subword regularization: the training pairs segmented afresh, by sampling, for each epoch.
 
-With ``tokenizer.sampling`` set, epoch e trains on a segmentation drawn by SentencePiece
-(unigram: Kudo, 2018; bpe: BPE-dropout, Provilkov et al., 2020) instead of the best one.
-Only the training pairs are sampled: validation, test and translation always use the best
-segmentation, and so does the tokenized-data cache (a sampled epoch is never written there).
+With ``tokenizer.sampling`` set, epoch e trains on a sampled segmentation of each pair
+(unigram: Kudo, 2018; bpe: BPE-dropout, Provilkov et al., 2020; the draws are in
+`transformer.data.samplers`) instead of the best one. Only the training pairs are sampled:
+validation, test and translation always use the best segmentation, and so does the
+tokenized-data cache (a sampled epoch is never written there).
 
 Exact resumption: epoch e's segmentation is a pure function of (training.seed, e, the
-corpus). SentencePiece draws from one generator per process, seeded with
-`spm.set_random_generator_seed`; each chunk of each side is encoded on one thread right
-after seeding it with a hash of (seed, epoch, side, chunk), under a lock.
+corpus): each chunk of each side is drawn from `random.Random` seeded with a hash of
+(seed, epoch, side, chunk), in whichever process.
 
 The pairs are those the length filter kept on the best segmentation (data.max_length and
 data.max_length_ratio judge a pair once, so every epoch trains on the same pairs); a sampled
 side longer than data.max_length tokens (EOS counted) takes its best segmentation instead,
 so that no epoch holds a sequence longer than the filter allows.
 
-Speed: `SampledEpochs` encodes epoch e + 1 in a background thread while epoch e trains
-(SentencePiece releases the GIL while it encodes), so that it is ready when e + 1 begins.
+Speed: `SampledEpochs` samples epoch e + 1 in worker processes (the sampling is Python, and
+a thread would take the interpreter lock from the training loop) while epoch e trains, so
+that it is ready when e + 1 begins.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import threading
+import multiprocessing
+import os
 import time
-from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 
 import numpy as np
-import sentencepiece as spm
 
 from transformer.config import TokenizerConfig
-from transformer.data.corpus import EncodedCorpus, TextColumn, flat_ids
+from transformer.data.corpus import EncodedCorpus, TextColumn, append_eos
+from transformer.data.samplers import SubwordSampler, sample_texts
 from transformer.data.tokenizer import Tokenizer, TokenizerPair
 from transformer.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-# SentencePiece's generator seed is one per process: seeding and encoding go together.
-_SEED_LOCK = threading.Lock()
+CHUNK = 10_000  # sentences per task: a few seconds of work, so that stopping never waits long
 
-
-class CancelledError(Exception):
-    """A segmentation begun ahead that is no longer needed."""
+Task = tuple[bytes, str, float, int, list[str], int, int]
 
 
 def chunk_seed(seed: int, epoch: int, side: str, chunk: int) -> int:
-    """The SentencePiece seed of one chunk of one side of one epoch (32 bits of a hash)."""
-    digest = hashlib.blake2b(f"{seed}:{epoch}:{side}:{chunk}".encode(), digest_size=4)
+    """The generator seed of one chunk of one side of one epoch (64 bits of a hash)."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{side}:{chunk}".encode(), digest_size=8)
     return int.from_bytes(digest.digest(), "little")
 
 
-def sample_epoch(
+def sample_chunk(task: Task) -> tuple[np.ndarray, np.ndarray]:
+    """Sample one chunk of texts: (flat ids without EOS, lengths); run by the workers."""
+    model_proto, kind, alpha, nbest_size, texts, seed, max_length = task
+    sampler = SubwordSampler(model_proto, kind, alpha, nbest_size)
+    return sample_texts(sampler, texts, seed, max_length)
+
+
+def epoch_tasks(
     corpus: EncodedCorpus,
     tokenizers: TokenizerPair,
     config: TokenizerConfig,
     seed: int,
     epoch: int,
     max_length: int,
-    cancelled: Callable[[], bool] = lambda: False,
-) -> EncodedCorpus:
-    """`corpus`'s pairs segmented by sampling for `epoch`: the same for the same arguments.
-
-    `corpus` holds the best segmentations (what a side too long once sampled falls back
-    to); `config` is the run's tokenizer config, whose `sampling` is set.
-    """
+) -> dict[str, list[Task]]:
+    """The chunks to sample for `epoch`, by side ("src", "tgt")."""
     sampling = config.sampling
     if sampling is None:
         raise ValueError("tokenizer.sampling is not set")
-    if config.kind == "unigram" and sampling.nbest_size == 1:
-        return corpus  # one candidate: the best segmentation
-    nbest_size = sampling.nbest_size if config.kind == "unigram" else -1  # BPE: unused
-    sides = []
+    tasks: dict[str, list[Task]] = {}
     for side, tokenizer, texts in (
         ("src", tokenizers.src, corpus.src_texts),
         ("tgt", tokenizers.tgt, corpus.tgt_texts),
     ):
-        sampler = _sampler(tokenizer)
+        proto = _sampler_model(tokenizer).model_proto
+        tasks[side] = [
+            (
+                proto,
+                config.kind,
+                sampling.alpha,
+                sampling.nbest_size,
+                chunk,
+                chunk_seed(seed, epoch, side, number),
+                max_length,
+            )
+            for number, chunk in enumerate(_chunks(texts))
+        ]
+    return tasks
 
-        def best(index: int, side: str = side) -> list[int]:
-            example = corpus[index]
-            return (example.src if side == "src" else example.tgt)[:-1].tolist()  # no EOS
 
-        chunks = _sampled_chunks(
-            texts, sampler, sampling.alpha, nbest_size, (seed, epoch, side), cancelled
-        )
-        sides.append(flat_ids(_within(chunks, max_length, best)))
-    return corpus.with_ids(sides[0], sides[1])
+def _chunks(texts: TextColumn) -> list[list[str]]:
+    return list(texts.chunks(CHUNK))
 
 
-def _sampler(tokenizer: object) -> Tokenizer:
+def _sampler_model(tokenizer: object) -> Tokenizer:
     if not isinstance(tokenizer, Tokenizer):
         raise UserError(
             "tokenizer.sampling: the run's tokenizer cannot sample segmentations (only this "
@@ -99,39 +104,35 @@ def _sampler(tokenizer: object) -> Tokenizer:
     return tokenizer
 
 
-def _sampled_chunks(
-    texts: TextColumn,
-    tokenizer: Tokenizer,
-    alpha: float,
-    nbest_size: int,
-    key: tuple[int, int, str],
-    cancelled: Callable[[], bool],
-) -> Iterator[list[list[int]]]:
-    seed, epoch, side = key
-    for number, chunk in enumerate(texts.chunks()):
-        if cancelled():
-            raise CancelledError
-        with _SEED_LOCK:
-            spm.set_random_generator_seed(chunk_seed(seed, epoch, side, number))
-            ids = tokenizer.sample_batch(chunk, alpha, nbest_size)
-        yield ids
+def assemble(
+    corpus: EncodedCorpus, results: dict[str, list[tuple[np.ndarray, np.ndarray]]]
+) -> EncodedCorpus:
+    """`corpus`'s pairs with the sampled ids of each side's chunks, in order."""
+    sides = []
+    for side in ("src", "tgt"):
+        chunks = results[side]
+        tokens = np.concatenate([t for t, _ in chunks]) if chunks else np.zeros(0, np.int32)
+        lengths = np.concatenate([n for _, n in chunks]) if chunks else np.zeros(0, np.int64)
+        sides.append(append_eos(tokens, lengths))
+    return corpus.with_ids(sides[0], sides[1])
 
 
-def _within(
-    chunks: Iterator[list[list[int]]], max_length: int, best: Callable[[int], list[int]]
-) -> Iterator[list[list[int]]]:
-    """The chunks, each sequence over `max_length` tokens with EOS replaced by `best`."""
-    start = 0
-    for ids in chunks:
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        for row in np.flatnonzero(lengths + 1 > max_length).tolist():
-            ids[row] = best(start + row)
-        start += len(ids)
-        yield ids
+def sample_epoch(
+    corpus: EncodedCorpus,
+    tokenizers: TokenizerPair,
+    config: TokenizerConfig,
+    seed: int,
+    epoch: int,
+    max_length: int,
+) -> EncodedCorpus:
+    """`corpus`'s pairs segmented by sampling for `epoch`, in this process: the same for
+    the same arguments (and the same as `SampledEpochs` gives)."""
+    tasks = epoch_tasks(corpus, tokenizers, config, seed, epoch, max_length)
+    return assemble(corpus, {side: list(map(sample_chunk, t)) for side, t in tasks.items()})
 
 
 class SampledEpochs:
-    """The training corpus of each epoch, sampled one epoch ahead in a background thread."""
+    """The training corpus of each epoch, sampled one epoch ahead by worker processes."""
 
     def __init__(
         self,
@@ -140,88 +141,72 @@ class SampledEpochs:
         config: TokenizerConfig,
         seed: int,
         max_length: int,
+        workers: int | None = None,
     ) -> None:
-        _sampler(tokenizers.src)
-        _sampler(tokenizers.tgt)
+        _sampler_model(tokenizers.src)
+        _sampler_model(tokenizers.tgt)
         self.best = corpus
         self.tokenizers = tokenizers
         self.config = config
         self.seed = seed
         self.max_length = max_length
-        self._ahead: _Ahead | None = None
+        # Half the cores at most (training needs the others), a few at least where there are
+        self.workers = workers or max(1, min(8, (os.cpu_count() or 2) // 2))
+        self._pool: ProcessPoolExecutor | None = None
+        self._ahead: tuple[int, float, dict[str, list[Future]]] | None = None
 
-    def sample(self, epoch: int, cancelled: Callable[[], bool] = lambda: False) -> EncodedCorpus:
-        """Epoch `epoch`'s corpus, sampled now in this thread."""
-        started = time.perf_counter()
-        corpus = sample_epoch(
-            self.best, self.tokenizers, self.config, self.seed, epoch, self.max_length, cancelled
+    def _submit(self, epoch: int) -> tuple[int, float, dict[str, list[Future]]]:
+        if self._pool is None:  # spawn: a fork of a process running torch threads may hang
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+        pool = self._pool
+        tasks = epoch_tasks(
+            self.best, self.tokenizers, self.config, self.seed, epoch, self.max_length
         )
+        futures = {
+            side: [pool.submit(sample_chunk, t) for t in chunks] for side, chunks in tasks.items()
+        }
+        return epoch, time.perf_counter(), futures
+
+    def corpus(self, epoch: int) -> EncodedCorpus:
+        """Epoch `epoch`'s corpus (waiting for it if it is being sampled ahead); begins
+        sampling epoch + 1."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or ahead[0] != epoch:
+            if ahead is not None:
+                _cancel(ahead[2])
+            ahead = self._submit(epoch)
+        _, submitted, futures = ahead
+        waited = time.perf_counter()
+        corpus = assemble(
+            self.best, {side: [f.result() for f in fs] for side, fs in futures.items()}
+        )
+        now = time.perf_counter()
         logger.info(
-            "epoch %d: training pairs segmented by sampling in %.1f s (pieces per sentence: "
-            "%.2f source, %.2f target; best segmentation: %.2f, %.2f)",
+            "epoch %d: training pairs segmented by sampling (%.1f s after it began; waited "
+            "%.1f s for it); pieces per sentence: %.2f source, %.2f target (best: %.2f, %.2f)",
             epoch + 1,
-            time.perf_counter() - started,
+            now - submitted,
+            now - waited,
             corpus.src_lengths.mean() - 1,
             corpus.tgt_lengths.mean() - 1,
             self.best.src_lengths.mean() - 1,
             self.best.tgt_lengths.mean() - 1,
         )
-        return corpus
-
-    def corpus(self, epoch: int) -> EncodedCorpus:
-        """Epoch `epoch`'s corpus (waiting for it if it is being sampled ahead); begins
-        sampling epoch + 1 in the background."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead.epoch == epoch:
-            waited = time.perf_counter()
-            corpus = ahead.result()
-            waited = time.perf_counter() - waited
-            if waited > 0.5:
-                logger.info("waited %.1f s for the segmentation of epoch %d", waited, epoch + 1)
-        else:
-            if ahead is not None:
-                ahead.cancel()
-            corpus = self.sample(epoch)
-        self._ahead = _Ahead(self, epoch + 1)
+        self._ahead = self._submit(epoch + 1)
         return corpus
 
     def close(self) -> None:
-        """Stop sampling ahead (at the next chunk) and wait for the thread to end."""
+        """Drop the epoch begun ahead and stop the workers (after their current chunk)."""
         if self._ahead is not None:
-            self._ahead.cancel()
+            _cancel(self._ahead[2])
             self._ahead = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
-class _Ahead:
-    """One epoch being sampled in a daemon thread; `result` waits for it."""
-
-    def __init__(self, epochs: SampledEpochs, epoch: int) -> None:
-        self.epoch = epoch
-        self._stop = threading.Event()
-        self._corpus: EncodedCorpus | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._run, args=(epochs,), name=f"sample-epoch-{epoch + 1}", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self, epochs: SampledEpochs) -> None:
-        try:
-            self._corpus = epochs.sample(self.epoch, self._stop.is_set)
-        except CancelledError:
-            pass
-        except BaseException as error:  # raised again in the training thread, by `result`
-            self._error = error
-
-    def result(self) -> EncodedCorpus:
-        """The sampled corpus, once the thread is done; its error if it failed."""
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._corpus is not None
-        return self._corpus
-
-    def cancel(self) -> None:
-        """Ask the thread to stop at its next chunk, and wait for it."""
-        self._stop.set()
-        self._thread.join()
+def _cancel(futures: dict[str, list[Future]]) -> None:
+    for side in futures.values():
+        for future in side:
+            future.cancel()

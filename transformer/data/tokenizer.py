@@ -102,23 +102,6 @@ class Tokenizer:
         """Piece ids of many texts at once (SentencePiece encodes them on several threads)."""
         return self._sp.encode(list(texts), out_type=int)
 
-    def sample_batch(self, texts: list[str], alpha: float, nbest_size: int) -> list[list[int]]:
-        """Piece ids of many texts, each segmentation sampled (`transformer.data.sampling`).
-
-        Unigram: drawn with probability ~ P(x)^alpha from the lattice (nbest_size -1) or the
-        nbest_size best; BPE: BPE-dropout, each merge skipped with probability alpha (pass
-        nbest_size -1). One thread, so that SentencePiece's generator, seeded by the caller
-        with `spm.set_random_generator_seed`, draws the same segmentations every time.
-        """
-        return self._sp.encode(
-            list(texts),
-            out_type=int,
-            enable_sampling=True,
-            alpha=alpha,
-            nbest_size=nbest_size,
-            num_threads=1,
-        )
-
     def decode(self, ids: Sequence[int]) -> str:
         """The text of `ids`; PAD, BOS and EOS ids are skipped wherever they are."""
         return self._sp.decode([int(i) for i in ids if int(i) not in _SKIPPED_IN_DECODE])
