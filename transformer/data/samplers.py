@@ -21,13 +21,17 @@ process that samples epochs ahead (`transformer.data.sampling`).
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import random
+import re
 
 import numpy as np
 import sentencepiece as spm
 
 UNK_PENALTY = 10.0  # SentencePiece's: an unknown character scores min score - 10
+TABLE_CACHE = 200_000  # words whose lattice a sampler keeps
+_WORD = re.compile("▁[^▁]*|[^▁]+")  # a word: from one "▁" to the next
 
 
 class SubwordSampler:
@@ -46,6 +50,8 @@ class SubwordSampler:
         self._longest = max(map(len, self._pieces), default=1)
         self._unk_id = sp.unk_id()
         self._unk_score = min((s for _, s in self._pieces.values()), default=0.0) - UNK_PENALTY
+        self._by_word = all("▁" not in piece[1:] for piece in self._pieces)
+        self._tables: dict[str, list[tuple[list[tuple[int, int]], list[float]]]] = {}
 
     def best(self, texts: list[str]) -> list[list[int]]:
         """SentencePiece's own (best) segmentation of each text."""
@@ -76,35 +82,51 @@ class SubwordSampler:
         return rng.choices(candidates, weights=[math.exp(x - top) for x in logits])[0]
 
     def _from_lattice(self, normalized: str, rng: random.Random) -> list[int]:
-        """Forward-filtering backward-sampling over every segmentation into pieces."""
-        length, theta = len(normalized), self.alpha
+        """Forward-filtering backward-sampling over every segmentation into pieces.
+
+        No piece holds "▁" but at its start, so each word (from one "▁" to the next) is cut
+        on its own: its lattice and forward weights are computed once per sampler.
+        """
+        ids: list[int] = []
+        for word in _WORD.findall(normalized) if self._by_word else [normalized]:
+            table = self._tables.get(word)
+            if table is None:
+                if len(self._tables) >= TABLE_CACHE:
+                    self._tables.clear()
+                table = self._tables[word] = self._lattice(word)
+            cut: list[int] = []
+            end = len(word)
+            while end > 0:
+                nodes, cumulative = table[end]
+                end, piece_id = rng.choices(nodes, cum_weights=cumulative)[0]
+                cut.append(piece_id)
+            ids.extend(reversed(cut))
+        return _merge_unknowns(ids, self._unk_id)
+
+    def _lattice(self, text: str) -> list[tuple[list[tuple[int, int]], list[float]]]:
+        """For each end position: the pieces ending there (start, id) and the cumulative
+        probabilities of each being the last piece of a path to that position."""
+        length, theta = len(text), self.alpha
         ending: list[list[tuple[int, int, float]]] = [[] for _ in range(length + 1)]
         for start in range(length):  # the lattice: every piece, by where it ends
             single = False
             for end in range(start + 1, min(length, start + self._longest) + 1):
-                found = self._pieces.get(normalized[start:end])
+                found = self._pieces.get(text[start:end])
                 if found is not None:
                     ending[end].append((start, found[0], found[1]))
                     single = single or end == start + 1
             if not single:
                 ending[start + 1].append((start, self._unk_id, self._unk_score))
         forward = [0.0] * (length + 1)  # log of the summed weight of all paths to a position
+        table: list[tuple[list[tuple[int, int]], list[float]]] = [([], [])]
         for end in range(1, length + 1):
             terms = [forward[start] + theta * score for start, _, score in ending[end]]
-            top = max(terms, default=-math.inf)
+            top = max(terms)
             forward[end] = top + math.log(sum(math.exp(t - top) for t in terms))
-        ids: list[int] = []
-        end = length
-        while end > 0:
-            nodes = ending[end]
-            weights = [
-                math.exp(forward[start] + theta * score - forward[end]) for start, _, score in nodes
-            ]
-            start, piece_id, _ = rng.choices(nodes, weights=weights)[0]
-            ids.append(piece_id)
-            end = start
-        ids.reverse()
-        return _merge_unknowns(ids, self._unk_id)
+            weights = [math.exp(t - forward[end]) for t in terms]
+            cumulative = list(itertools.accumulate(weights))
+            table.append(([(start, piece_id) for start, piece_id, _ in ending[end]], cumulative))
+        return table
 
     # ------------------------------------------------------------------ bpe
 

@@ -141,7 +141,7 @@ class SampledEpochs:
         config: TokenizerConfig,
         seed: int,
         max_length: int,
-        workers: int | None = None,
+        ranks: int = 1,
     ) -> None:
         _sampler_model(tokenizers.src)
         _sampler_model(tokenizers.tgt)
@@ -150,12 +150,13 @@ class SampledEpochs:
         self.config = config
         self.seed = seed
         self.max_length = max_length
-        # Half the cores at most (training needs the others), a few at least where there are
-        self.workers = workers or max(1, min(8, (os.cpu_count() or 2) // 2))
+        # Half the cores at most (training needs the others), shared by the `ranks` training
+        # processes of the machine (each samples the same epochs for itself)
+        self.workers = max(1, min(8, (os.cpu_count() or 2) // 2 // ranks))
         self._pool: ProcessPoolExecutor | None = None
-        self._ahead: tuple[int, float, dict[str, list[Future]]] | None = None
+        self._ahead: tuple[int, dict[str, list[Future]]] | None = None
 
-    def _submit(self, epoch: int) -> tuple[int, float, dict[str, list[Future]]]:
+    def _submit(self, epoch: int) -> tuple[int, dict[str, list[Future]]]:
         if self._pool is None:  # spawn: a fork of a process running torch threads may hang
             context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
@@ -166,7 +167,7 @@ class SampledEpochs:
         futures = {
             side: [pool.submit(sample_chunk, t) for t in chunks] for side, chunks in tasks.items()
         }
-        return epoch, time.perf_counter(), futures
+        return epoch, futures
 
     def corpus(self, epoch: int) -> EncodedCorpus:
         """Epoch `epoch`'s corpus (waiting for it if it is being sampled ahead); begins
@@ -174,19 +175,18 @@ class SampledEpochs:
         ahead, self._ahead = self._ahead, None
         if ahead is None or ahead[0] != epoch:
             if ahead is not None:
-                _cancel(ahead[2])
+                _cancel(ahead[1])
             ahead = self._submit(epoch)
-        _, submitted, futures = ahead
+        futures = ahead[1]
         waited = time.perf_counter()
         corpus = assemble(
             self.best, {side: [f.result() for f in fs] for side, fs in futures.items()}
         )
         now = time.perf_counter()
         logger.info(
-            "epoch %d: training pairs segmented by sampling (%.1f s after it began; waited "
-            "%.1f s for it); pieces per sentence: %.2f source, %.2f target (best: %.2f, %.2f)",
+            "epoch %d: training pairs segmented by sampling (waited %.1f s for it); pieces per "
+            "sentence: %.2f source, %.2f target (best segmentation: %.2f, %.2f)",
             epoch + 1,
-            now - submitted,
             now - waited,
             corpus.src_lengths.mean() - 1,
             corpus.tgt_lengths.mean() - 1,
@@ -199,7 +199,7 @@ class SampledEpochs:
     def close(self) -> None:
         """Drop the epoch begun ahead and stop the workers (after their current chunk)."""
         if self._ahead is not None:
-            _cancel(self._ahead[2])
+            _cancel(self._ahead[1])
             self._ahead = None
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)

@@ -118,7 +118,12 @@ class Trainer:
         self.sampled: SampledEpochs | None = None  # subword regularization (tokenizer.sampling)
         if config.tokenizer.sampling is not None:
             self.sampled = SampledEpochs(
-                train_data, tokenizers, config.tokenizer, self.cfg.seed, config.data.max_length
+                train_data,
+                tokenizers,
+                config.tokenizer,
+                self.cfg.seed,
+                config.data.max_length,
+                self.context.world_size,
             )
         self.ema = WeightAverage(model, self.cfg.ema_decay) if self.cfg.ema_decay else None
         self.network = self._network()
