@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -324,3 +327,27 @@ def test_sampling_may_be_turned_on_when_resuming_and_when_fine_tuning(tmp_path, 
     assert result.returncode == 0, result.stderr
     assert load_config(child / "config.yaml").tokenizer.sampling.alpha == 0.5
     assert "segmented by sampling" in (child / "train.log").read_text(encoding="utf-8")
+
+
+def test_ctrl_c_stops_a_sampling_run_with_one_message_and_no_worker_traceback(tmp_path) -> None:
+    config = write_config(tmp_path, max_steps=100000, save_every=1)
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "transformer.cli.train", "--config", config]
+    process = subprocess.Popen(  # a session of its own: Ctrl-C reaches its whole group
+        [*map(str, command), "--run-dir", str(run_dir)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=ENV,
+        start_new_session=True,
+    )
+    last = run_dir / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the workers sample the next epoch, or wait for work
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert "interrupted by SIGINT" in err

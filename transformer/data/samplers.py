@@ -25,6 +25,7 @@ import itertools
 import math
 import random
 import re
+import signal
 
 import numpy as np
 import sentencepiece as spm
@@ -191,3 +192,9 @@ def sample_texts(
         (i for ids in sampled for i in ids), dtype=np.int32, count=int(lengths.sum())
     )
     return tokens, lengths
+
+
+def ignore_interrupts() -> None:
+    """Run by each worker process first: Ctrl-C reaches the whole process group, and the
+    training process, which handles it, stops the workers (no traceback from them)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -33,7 +33,7 @@ import numpy as np
 
 from transformer.config import TokenizerConfig
 from transformer.data.corpus import EncodedCorpus, TextColumn, append_eos
-from transformer.data.samplers import SubwordSampler, sample_texts
+from transformer.data.samplers import SubwordSampler, ignore_interrupts, sample_texts
 from transformer.data.tokenizer import Tokenizer, TokenizerPair
 from transformer.errors import UserError
 
@@ -159,7 +159,9 @@ class SampledEpochs:
     def _submit(self, epoch: int) -> tuple[int, dict[str, list[Future]]]:
         if self._pool is None:  # spawn: a fork of a process running torch threads may hang
             context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=context, initializer=ignore_interrupts
+            )
         pool = self._pool
         tasks = epoch_tasks(
             self.best, self.tokenizers, self.config, self.seed, epoch, self.max_length
