@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -30,6 +31,7 @@ from transformer.data.corpus import EncodedCorpus, encode_corpus, load_corpus
 from transformer.data.samplers import SubwordSampler, sample_texts
 from transformer.data.sampling import SampledEpochs, sample_epoch
 from transformer.data.tokenizer import TokenizerPair, train_tokenizers
+from transformer.errors import UserError
 from transformer.training.checkpoint import load_checkpoint
 from transformer.training.distributed import DistributedContext
 from transformer.training.run import build_model, prepare_data, resolve_model_config
@@ -351,3 +353,18 @@ def test_ctrl_c_stops_a_sampling_run_with_one_message_and_no_worker_traceback(tm
     assert process.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
     assert "interrupted by SIGINT" in err
+
+
+def test_a_killed_sampling_worker_is_a_one_line_error_at_the_next_epoch(setup: Setup) -> None:
+    epochs = SampledEpochs(setup.best, setup.tokenizers, setup.config, 1, MAX_LENGTH)
+    try:
+        epochs.corpus(0)  # the workers now sample epoch 1
+        workers = multiprocessing.active_children()
+        assert workers
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGKILL)
+        with pytest.raises(UserError, match=r"^tokenizer\.sampling: a process sampling") as error:
+            epochs.corpus(1)
+        assert "\n" not in str(error.value) and "--resume" in str(error.value)
+    finally:
+        epochs.close()

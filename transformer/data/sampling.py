@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
@@ -181,9 +182,16 @@ class SampledEpochs:
             ahead = self._submit(epoch)
         futures = ahead[1]
         waited = time.perf_counter()
-        corpus = assemble(
-            self.best, {side: [f.result() for f in fs] for side, fs in futures.items()}
-        )
+        try:
+            results = {side: [f.result() for f in chunks] for side, chunks in futures.items()}
+        except BrokenProcessPool:
+            self._pool = None
+            raise UserError(
+                f"tokenizer.sampling: a process sampling the segmentation of epoch {epoch + 1} "
+                "ended abruptly (killed, or out of memory); continue the run with --resume, or "
+                "set tokenizer.sampling to null"
+            ) from None
+        corpus = assemble(self.best, results)
         now = time.perf_counter()
         logger.info(
             "epoch %d: training pairs segmented by sampling (waited %.1f s for it); pieces per "
