@@ -14,8 +14,8 @@ SentencePiece's best segmentation:
 - bpe: BPE-dropout (Provilkov et al., 2020): SentencePiece's merges, best first, each
   skipped with probability alpha.
 
-Only SentencePiece and the standard library are imported: this module runs in the worker
-process that samples epochs ahead (`transformer.data.sampling`).
+Only SentencePiece, numpy and the standard library are imported: this module runs in the
+worker processes that sample epochs ahead (`transformer.data.sampling`).
 """
 
 from __future__ import annotations
