@@ -209,6 +209,30 @@ class ModelConfig:
 
 
 @dataclass
+class SamplingConfig:
+    """Subword regularization: each epoch the training pairs are segmented by sampling.
+
+    unigram: a segmentation drawn with probability proportional to P(x)^alpha, from the
+    whole lattice (nbest_size -1) or from the nbest_size best (Kudo, 2018); bpe: BPE-dropout,
+    each merge skipped with probability alpha (Provilkov et al., 2020; nbest_size unused).
+    """
+
+    alpha: float = 0.1
+    nbest_size: int = -1
+
+    def __post_init__(self) -> None:
+        _finite(self)
+        if not self.alpha > 0:  # False for NaN too
+            raise ConfigError("alpha", f"must be > 0 (got {shown(self.alpha)})")
+        if self.nbest_size == 0 or self.nbest_size < -1:
+            raise ConfigError(
+                "nbest_size",
+                f"must be -1 (sample from the whole lattice) or >= 1 (from the nbest_size "
+                f"best; 1: no sampling) (got {shown(self.nbest_size)})",
+            )
+
+
+@dataclass
 class TokenizerConfig:
     """SentencePiece: trained on the training data into the run directory, or given files."""
 
@@ -220,10 +244,17 @@ class TokenizerConfig:
     model_file: str | None = None
     src_model_file: str | None = None
     tgt_model_file: str | None = None
+    sampling: SamplingConfig | None = None  # subword regularization of training; None: off
 
     def __post_init__(self) -> None:
         _finite(self)
         _choice("kind", self.kind, ("unigram", "bpe"))
+        if self.sampling is not None and self.kind == "bpe" and self.sampling.alpha > 1:
+            raise ConfigError(
+                "sampling.alpha",
+                "is BPE-dropout's probability of skipping a merge for kind bpe: it must be in "
+                f"(0, 1] (got {shown(self.sampling.alpha)})",
+            )
         if self.vocab_size < 8:
             raise ConfigError("vocab_size", f"must be >= 8 (got {shown(self.vocab_size)})")
         if not 0.0 < self.character_coverage <= 1.0:
@@ -320,9 +351,13 @@ class TrainingConfig:
     # The checkpoint this run's weights started from (written by transformer-train
     # --init-from, which it means when a new run's config gives it); null: a fresh model.
     init_from: str | None = None
+    # Exponential moving average of the weights, updated after each optimizer step; validation,
+    # best.pt and the weights every checkpoint offers to translation are the average. 0: off.
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         _finite(self)
+        _probability("ema_decay", self.ema_decay)
         _choice("precision", self.precision, ("fp32", "bf16", "fp16"))
         _choice("schedule", self.schedule, ("noam", "inverse_sqrt", "cosine", "constant"))
         for name in ("max_steps", "max_epochs", "batch_tokens", "accumulate_steps"):

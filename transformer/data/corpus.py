@@ -250,8 +250,13 @@ class TextColumn(Sequence[str]):
         return self._array[range(len(self))[index]].as_py()
 
     def __iter__(self) -> Iterator[str]:
-        for start in range(0, len(self._array), _ENCODE_CHUNK):
-            yield from self._array.slice(start, _ENCODE_CHUNK).to_pylist()
+        for chunk in self.chunks():
+            yield from chunk
+
+    def chunks(self, size: int = _ENCODE_CHUNK) -> Iterator[list[str]]:
+        """The sentences in lists of `size` (the last one shorter), e.g. to encode them."""
+        for start in range(0, len(self._array), size):
+            yield self._array.slice(start, size).to_pylist()
 
 
 class EncodedCorpus:
@@ -263,13 +268,14 @@ class EncodedCorpus:
         src_offsets: np.ndarray,
         tgt_tokens: np.ndarray,
         tgt_offsets: np.ndarray,
-        src_texts: pa.ChunkedArray,
-        tgt_texts: pa.ChunkedArray,
+        src_texts: pa.ChunkedArray | TextColumn,
+        tgt_texts: pa.ChunkedArray | TextColumn,
     ) -> None:
         self._src_tokens, self._src_offsets = src_tokens, src_offsets
         self._tgt_tokens, self._tgt_offsets = tgt_tokens, tgt_offsets
-        self.src_texts = TextColumn(src_texts)  # the source sentences as read (stripped)
-        self.tgt_texts = TextColumn(tgt_texts)  # the target sentences: references for BLEU
+        # the source sentences as read (stripped); the target sentences: references for BLEU
+        self.src_texts = src_texts if isinstance(src_texts, TextColumn) else TextColumn(src_texts)
+        self.tgt_texts = tgt_texts if isinstance(tgt_texts, TextColumn) else TextColumn(tgt_texts)
         self.src_lengths = np.diff(src_offsets)  # (N,) with EOS
         self.tgt_lengths = np.diff(tgt_offsets)  # (N,) with EOS
 
@@ -281,6 +287,13 @@ class EncodedCorpus:
         src = self._src_tokens[self._src_offsets[index] : self._src_offsets[index + 1]]
         tgt = self._tgt_tokens[self._tgt_offsets[index] : self._tgt_offsets[index + 1]]
         return Example(index, src, tgt)
+
+    def with_ids(
+        self, src: tuple[np.ndarray, np.ndarray], tgt: tuple[np.ndarray, np.ndarray]
+    ) -> EncodedCorpus:
+        """The same pairs (and texts) with other ids: a sampled segmentation, each side given
+        as (flat ids with EOS after each sequence, offsets), as `append_eos` makes them."""
+        return EncodedCorpus(*src, *tgt, self.src_texts, self.tgt_texts)
 
     def collate(
         self, indices: Sequence[int], pad_id: int = PAD_ID, start_id: int = BOS_ID
@@ -353,7 +366,7 @@ def _encode(table: pa.Table, tokenizers: TokenizerPair) -> dict[str, np.ndarray]
             pieces.append(flat)
             lengths.append(chunk_lengths)
         tokens, counts = _concat(pieces, np.int32), _concat(lengths, np.int64)
-        result[f"{side}_tokens"], result[f"{side}_offsets"] = _append_eos(tokens, counts)
+        result[f"{side}_tokens"], result[f"{side}_offsets"] = append_eos(tokens, counts)
     return result
 
 
@@ -361,7 +374,7 @@ def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
-def _append_eos(tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def append_eos(tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Flat ids with EOS after each sequence, and the offsets of the new sequences."""
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths + 1, out=offsets[1:])

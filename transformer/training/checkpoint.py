@@ -5,6 +5,8 @@ A run directory is self-contained; translation needs nothing else::
     RUN/config.yaml              the resolved config (vocabulary sizes filled in)
     RUN/tokenizer/               spm.model (joint) or src.model + tgt.model
     RUN/checkpoints/last.pt      the latest state (model, optimizer, schedule, RNG, data order)
+                                 (with training.ema_decay, model holds the averaged weights
+                                 and raw_model the trained ones: see training/ema.py)
     RUN/checkpoints/best.pt      the best by validation BLEU
     RUN/checkpoints/step_*.pt    the k best, by validation BLEU
     RUN/metrics.jsonl            one line per validation

@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 # model.* keys a fine-tuning config may change: they shape no weight.
 FREE_MODEL_KEYS = ("dropout", "attention_dropout")
+# tokenizer.* keys it may change: they change how training segments text, not the tokenizer.
+FREE_TOKENIZER_KEYS = ("sampling",)
 # Null vocabulary sizes mean "the tokenizer's": no change to a parent's sizes.
 _NULL_MEANS_INHERITED = ("model.src_vocab_size", "model.tgt_vocab_size")
 
@@ -104,7 +106,8 @@ def inherit_config(
         given = values.get(section) or {}
         for key in sorted(given):
             dotted = f"{section}.{key}"
-            if section == "model" and key in FREE_MODEL_KEYS:
+            free = FREE_MODEL_KEYS if section == "model" else FREE_TOKENIZER_KEYS
+            if key in free:
                 theirs[section][key] = mine[section][key]
             elif dotted in _NULL_MEANS_INHERITED and given[key] is None:
                 continue

@@ -51,6 +51,10 @@ from transformer.training.lock import RunLock
 
 logger = logging.getLogger(__name__)
 
+# Settings of model.* and tokenizer.* that a resumed run may change: how training segments
+# its text (transformer.data.sampling), not the tokenizer nor the weights.
+_FREE_ON_RESUME = ("tokenizer.sampling",)
+
 
 @dataclass
 class PreparedData:
@@ -158,7 +162,8 @@ def plan_run(
 
 
 def check_resume_changes(saved: Config, config: Config, run_dir: Path) -> None:
-    """Refuse changes to model.* and tokenizer.* on resume; log the other changes.
+    """Refuse changes to model.* and tokenizer.* (but tokenizer.sampling) on resume; log the
+    other changes.
 
     Vocabulary sizes left out (null) in `config` are the run's.
     """
@@ -172,7 +177,11 @@ def check_resume_changes(saved: Config, config: Config, run_dir: Path) -> None:
     changes = config_changes(
         config_to_dict(saved), config_to_dict(dataclasses.replace(config, model=model))
     )
-    fixed = [change for change in changes if change.startswith(("model.", "tokenizer."))]
+    fixed = [
+        change
+        for change in changes
+        if change.startswith(("model.", "tokenizer.")) and not change.startswith(_FREE_ON_RESUME)
+    ]
     if fixed:
         raise UserError(
             f"cannot resume {run_dir} with a changed model or tokenizer ({'; '.join(fixed)}); "

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from transformer.config import Config, config_changes, config_to_dict
 from transformer.data.batching import Batch, TokenBatchSampler
 from transformer.data.corpus import EncodedCorpus
+from transformer.data.sampling import SampledEpochs
 from transformer.data.special_ids import PAD_ID
 from transformer.data.tokenizer import TokenizerPair
 from transformer.errors import UserError
@@ -34,6 +35,7 @@ from transformer.training.checkpoint import (
 )
 from transformer.training.distributed import DistributedContext
 from transformer.training.divergence import DivergenceError, divergence_error
+from transformer.training.ema import WeightAverage
 from transformer.training.loss import TranslationLoss
 from transformer.training.report import StepReport
 from transformer.training.retention import CheckpointRetention
@@ -113,15 +115,18 @@ class Trainer:
         self.amp_dtype = autocast_dtype(self.cfg.precision, device)
         self.optimizer = self._optimizer()
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        self.sampler = TokenBatchSampler(
-            train_data.src_lengths,
-            train_data.tgt_lengths,
-            batch_tokens=self.cfg.batch_tokens,
-            seed=self.cfg.seed,
-            shuffle=True,
-            rank=self.context.rank,
-            world_size=self.context.world_size,
-        )
+        self.sampler = self._batch_sampler(train_data)
+        self.sampled: SampledEpochs | None = None  # subword regularization (tokenizer.sampling)
+        if config.tokenizer.sampling is not None:
+            self.sampled = SampledEpochs(
+                train_data,
+                tokenizers,
+                config.tokenizer,
+                self.cfg.seed,
+                config.data.max_length,
+                self.context.world_size,
+            )
+        self.ema = WeightAverage(model, self.cfg.ema_decay) if self.cfg.ema_decay else None
         self.network = self._network()
         self.validator: Validator | None = None
         if valid_data is not None:
@@ -144,6 +149,18 @@ class Trainer:
             betas=(self.cfg.optimizer_betas[0], self.cfg.optimizer_betas[1]),
             eps=self.cfg.optimizer_eps,
             weight_decay=self.cfg.weight_decay,
+        )
+
+    def _batch_sampler(self, data: EncodedCorpus) -> TokenBatchSampler:
+        """This rank's token-budget batches of `data`, shuffled per epoch from the seed."""
+        return TokenBatchSampler(
+            data.src_lengths,
+            data.tgt_lengths,
+            batch_tokens=self.cfg.batch_tokens,
+            seed=self.cfg.seed,
+            shuffle=True,
+            rank=self.context.rank,
+            world_size=self.context.world_size,
         )
 
     def _network(self) -> nn.Module:
@@ -182,8 +199,12 @@ class Trainer:
             while reason is None:
                 reason = self.train_epoch(started)
             self.report.close()
+            if self.sampled is not None:
+                self.sampled.close()  # the next epoch's segmentation, begun ahead, is not needed
             self.finish(reason)
         finally:
+            if self.sampled is not None:
+                self.sampled.close()  # idempotent: also after a fault or Ctrl-C
             if self.board is not None:
                 self.board.close()
         return self.progress
@@ -195,6 +216,9 @@ class Trainer:
         never paused.
         """
         progress = self.progress
+        if self.sampled is not None:  # subword regularization: the epoch's own segmentation
+            self.train_data = self.sampled.corpus(progress.epoch)
+            self.sampler = self._batch_sampler(self.train_data)
         batches = self.sampler.batches(progress.epoch)
         while progress.next_batch < len(batches):
             group = batches[progress.next_batch : progress.next_batch + self.cfg.accumulate_steps]
@@ -344,6 +368,8 @@ class Trainer:
         loss_finite, norm_finite = torch.stack([loss_total.isfinite(), norm.isfinite()]).tolist()
         if loss_finite and norm_finite:
             self.scaler.step(self.optimizer)
+            if self.ema is not None:
+                self.ema.update(self.model)
             self.progress.bad_steps_in_a_row = 0
         elif not loss_finite or not self.scaler.is_enabled():
             # With fp16 an overflowing gradient alone is the scaler's business: it skips the
@@ -370,10 +396,12 @@ class Trainer:
     # ------------------------------------------------------------------ validation
 
     def validate(self) -> ValidationResult | None:
-        """Validate on the valid corpus; None without one, or when a stop request cut it short."""
+        """Validate on the valid corpus (the EMA weights when training.ema_decay is set);
+        None without one, or when a stop request cut it short."""
         if self.validator is None:
             return None
-        return self.validator.validate(lambda: self.stop.signum is not None)
+        with self.ema.applied(self.model) if self.ema else contextlib.nullcontext():
+            return self.validator.validate(lambda: self.stop.signum is not None)
 
     def evaluate_and_save(self) -> bool:
         """Validate (rank 0), checkpoint, and say whether early stopping ends `train`."""
@@ -410,12 +438,20 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly where training stands."""
+        """Everything needed to continue exactly where training stands.
+
+        "model" holds the weights that translation, evaluation, averaging and export read:
+        with training.ema_decay, the EMA weights, and the trained ones under "raw_model".
+        """
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        averaged = {}
+        if self.ema is not None:
+            averaged = {"raw_model": self.model.state_dict(), "ema": self.ema.extra_state()}
         return {
-            "model": self.model.state_dict(),
+            "model": self.ema.state_dict() if self.ema else self.model.state_dict(),
+            **averaged,
             "config": config_to_dict(self.config),
             "step": self.progress.step,
             "optimizer": self.optimizer.state_dict(),
@@ -436,7 +472,12 @@ class Trainer:
                 "resume with the config it was trained with, or start a new run directory"
             )
         try:
-            self.model.load_state_dict(state["model"])
+            # A run that averaged its weights trained on "raw_model" (see `state_dict`)
+            self.model.load_state_dict(state.get("raw_model", state["model"]))
+            if self.ema is not None and "raw_model" in state:
+                self.ema.load_state_dict(state["model"], int(state["ema"]["updates"]))
+            elif self.ema is not None:  # the average starts on resume: from these weights
+                self.ema = WeightAverage(self.model, self.cfg.ema_decay)
             self.optimizer.load_state_dict(state["optimizer"])
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
