@@ -11,7 +11,7 @@ import torch
 
 from transformer.config import DecodingConfig, ModelConfig
 from transformer.decoding.continuous import ContinuousSearch
-from transformer.decoding.search import Hypothesis, beam_search, greedy_search
+from transformer.decoding.search import Hypothesis, beam_search, greedy_search, search
 from transformer.model import Transformer, build_model
 from transformer.model.cache import KVCache
 from transformer.model.positions import (
@@ -92,19 +92,7 @@ def decode_continuously(
 
 def alone(model: Transformer, source: list[int], config: DecodingConfig) -> list[Hypothesis]:
     """What the batch search gives the sentence decoded by itself."""
-    src = torch.tensor([source])
-    if config.beam_size == 1:
-        return greedy_search(model, src, config.max_len_a, config.max_len_b, config.min_length)[0]
-    return beam_search(
-        model,
-        src,
-        config.beam_size,
-        config.max_len_a,
-        config.max_len_b,
-        config.nbest,
-        config.length_penalty,
-        config.min_length,
-    )[0]
+    return search(model, torch.tensor([source]), config)[0]
 
 
 def assert_same(got: list[Hypothesis], expected: list[Hypothesis]) -> None:

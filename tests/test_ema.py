@@ -4,14 +4,19 @@ checkpoints hold with it, exact resumption, and the commands that read its check
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from tiny_runs import PAIRS, VOCAB_SIZE, call_main, error_line, tiny_model, tiny_model_config
+from tiny_runs import (
+    PAIRS,
+    call_main,
+    error_line,
+    pairs_config,
+    tiny_model,
+)
 from torch import nn
 
 from transformer.cli.train import main as train_main
@@ -107,33 +112,19 @@ def test_applied_gives_the_model_the_average_and_then_its_own_weights_back() -> 
 
 def write_config(directory: Path, **training: object) -> Path:
     """A tiny run on `PAIRS` with a few batches per epoch, validating every 4 steps."""
-    directory.mkdir(parents=True, exist_ok=True)
-    sources, targets = zip(*PAIRS, strict=True)
-    (directory / "train.en").write_text("\n".join(sources) + "\n", encoding="utf-8")
-    (directory / "train.de").write_text("\n".join(targets) + "\n", encoding="utf-8")
-    corpus = {"src_path": str(directory / "train.en"), "tgt_path": str(directory / "train.de")}
-    config = {
-        "model": dataclasses.asdict(tiny_model_config(dropout=0.1)),
-        "tokenizer": {"vocab_size": VOCAB_SIZE},
-        "data": {"train": corpus, "valid": corpus, "cache_dir": str(directory / "cache")},
-        "training": {
-            "device": "cpu",
-            "max_steps": 16,
-            "batch_tokens": 60,
-            "schedule": "constant",
-            "lr": 3e-3,
-            "eval_every": 4,
-            "keep_best": 4,
-            "eval_bleu": False,
-            "progress_bar": False,
-            "ema_decay": 0.9,
-            **training,
-        },
-        "decoding": {"beam_size": 2, "max_len_a": 1.0, "max_len_b": 5},
+    settings = {
+        "max_steps": 16,
+        "batch_tokens": 60,
+        "eval_every": 4,
+        "keep_best": 4,
+        "ema_decay": 0.9,
+        **training,
     }
-    path = directory / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
+    return pairs_config(
+        directory,
+        model={"dropout": 0.1},
+        training=settings,
+    )
 
 
 def train(config: Path, run_dir: Path, *sets: str) -> Path:

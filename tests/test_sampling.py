@@ -18,7 +18,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from tiny_runs import DATA, ENV, PAIRS, VOCAB_SIZE, call_main, error_line, tiny_model_config
+from tiny_runs import (
+    DATA,
+    ENV,
+    call_main,
+    error_line,
+    pairs_config,
+)
 
 from transformer.cli.train import main as train_main
 from transformer.config import (
@@ -192,31 +198,14 @@ def test_sampling_leaves_the_best_encoding_and_translation_input_unchanged(setup
 
 def write_config(directory: Path, **training: object) -> Path:
     """A tiny run on `PAIRS` that samples segmentations; a few batches per epoch."""
-    directory.mkdir(parents=True, exist_ok=True)
-    sources, targets = zip(*PAIRS, strict=True)
-    (directory / "train.en").write_text("\n".join(sources) + "\n", encoding="utf-8")
-    (directory / "train.de").write_text("\n".join(targets) + "\n", encoding="utf-8")
-    corpus = {"src_path": str(directory / "train.en"), "tgt_path": str(directory / "train.de")}
-    config = {
-        "model": dataclasses.asdict(tiny_model_config(dropout=0.1)),
-        "tokenizer": {"vocab_size": VOCAB_SIZE, "sampling": {"alpha": 0.2}},
-        "data": {"train": corpus, "valid": corpus, "cache_dir": str(directory / "cache")},
-        "training": {
-            "device": "cpu",
-            "max_steps": 24,
-            "batch_tokens": 40,
-            "schedule": "constant",
-            "lr": 3e-3,
-            "eval_every": 100000,
-            "eval_bleu": False,
-            "progress_bar": False,
-            **training,
-        },
-        "decoding": {"beam_size": 1, "max_len_a": 1.0, "max_len_b": 5},
-    }
-    path = directory / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
+    settings = {"max_steps": 24, "batch_tokens": 40, **training}
+    return pairs_config(
+        directory,
+        model={"dropout": 0.1},
+        tokenizer={"sampling": {"alpha": 0.2}},
+        training=settings,
+        decoding={"beam_size": 1},
+    )
 
 
 @pytest.mark.usefixtures("single_thread")

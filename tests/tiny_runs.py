@@ -170,35 +170,51 @@ def call_main(entry: Callable[[list[str]], int], argv: Sequence[object]) -> int:
         return entry([str(arg) for arg in argv])
 
 
-def train_tiny_run(directory: Path) -> Path:
-    """A run whose tiny model, trained by transformer-train, translates `PAIRS`."""
+def pairs_config(
+    directory: Path,
+    model: dict | None = None,
+    tokenizer: dict | None = None,
+    training: dict | None = None,
+    decoding: dict | None = None,
+) -> Path:
+    """A config (written to DIRECTORY/tiny.yaml) for a tiny model trained and validated on
+    `PAIRS`, written to DIRECTORY/train.en and train.de; the sections update its defaults."""
     directory.mkdir(parents=True, exist_ok=True)
     sources, targets = zip(*PAIRS, strict=True)
     (directory / "train.en").write_text("\n".join(sources) + "\n", encoding="utf-8")
     (directory / "train.de").write_text("\n".join(targets) + "\n", encoding="utf-8")
     corpus = {"src_path": str(directory / "train.en"), "tgt_path": str(directory / "train.de")}
     config = {
-        "model": dataclasses.asdict(tiny_model_config(num_encoder_layers=2)),
-        "tokenizer": {"vocab_size": VOCAB_SIZE},
+        "model": dataclasses.asdict(tiny_model_config(**(model or {}))),
+        "tokenizer": {"vocab_size": VOCAB_SIZE, **(tokenizer or {})},
         "data": {"train": corpus, "valid": corpus, "cache_dir": str(directory / "cache")},
         "training": {
             "device": "cpu",
-            "max_steps": TRAIN_STEPS,
-            "max_epochs": TRAIN_STEPS,  # the twenty pairs are one batch: one step per epoch
-            "max_time_minutes": 0,
-            "batch_tokens": 1000,
             "schedule": "constant",
             "lr": 3e-3,
-            "warmup_steps": 10,
-            "label_smoothing": 0.0,
             "eval_every": 100000,
             "eval_bleu": False,
             "progress_bar": False,
+            **(training or {}),
         },
-        "decoding": {"beam_size": 2, "max_len_a": 1.0, "max_len_b": 5},
+        "decoding": {"beam_size": 2, "max_len_a": 1.0, "max_len_b": 5, **(decoding or {})},
     }
     path = directory / "tiny.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def train_tiny_run(directory: Path) -> Path:
+    """A run whose tiny model, trained by transformer-train, translates `PAIRS`."""
+    training = {
+        "max_steps": TRAIN_STEPS,
+        "max_epochs": TRAIN_STEPS,  # the twenty pairs are one batch: one step per epoch
+        "max_time_minutes": 0,
+        "batch_tokens": 1000,
+        "warmup_steps": 10,
+        "label_smoothing": 0.0,
+    }
+    path = pairs_config(directory, model={"num_encoder_layers": 2}, training=training)
     with kept_logging():
         assert train_main(["--config", str(path), "--run-dir", str(directory / "run")]) == 0
     return directory / "run"
