@@ -80,9 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--batching",
         choices=BATCHING,
         default=ServeSettings.batching,
-        help="continuous: each sentence joins the decode under way at the next step and is "
-        "answered as soon as it finishes; groups: requests gathered in a window are decoded "
-        "as one batch (default: %(default)s)",
+        help="groups: requests gathered in a window are decoded as one batch; continuous: "
+        "each sentence joins the decode under way at the next step and is answered as soon "
+        "as it finishes, the lowest latency at light load (default: %(default)s; on a CPU "
+        "groups gave more sentences/s from 8 clients up, docs/serving.md)",
     )
     parser.add_argument(
         "--batch-window-ms",

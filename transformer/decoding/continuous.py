@@ -51,6 +51,9 @@ from transformer.decoding.search import (
 )
 from transformer.model import Transformer
 
+JOIN_FRACTION = 4  # sentences join once as many wait as 1/JOIN_FRACTION of those decoded
+JOIN_WAIT_STEPS = 3  # ... or once the oldest has waited this many steps
+
 
 @dataclass
 class _Sentence:
@@ -67,6 +70,7 @@ class _Sentence:
 class _Waiting:
     key: Hashable
     ids: list[int]
+    since: int  # the step at which it was submitted
 
 
 @dataclass
@@ -112,7 +116,7 @@ class ContinuousSearch:
         """Queue a sentence (its source ids, EOS included, at least one) under `key`."""
         if not ids:
             raise ValueError(f"sentence {key!r} has no source ids")
-        self._waiting.append(_Waiting(key, list(ids)))
+        self._waiting.append(_Waiting(key, list(ids), self.stats.steps))
 
     @property
     def waiting(self) -> int:
@@ -150,7 +154,19 @@ class ContinuousSearch:
     # ------------------------------------------------------------------ admission
 
     def _admit(self) -> None:
-        """Move the waiting sentences that fit the budget into the decode, oldest first."""
+        """Move the waiting sentences that fit the budget into the decode, oldest first.
+
+        Joining has a cost of its own (an encoder call, a copy of the cache), so sentences
+        join in groups: when nothing is being decoded, when as many wait as a quarter of
+        those being decoded, or when the oldest has waited JOIN_WAIT_STEPS steps.
+        """
+        if not self._waiting:
+            return
+        if self._live and not (
+            len(self._waiting) * JOIN_FRACTION >= len(self._live)
+            or self.stats.steps - self._waiting[0].since >= JOIN_WAIT_STEPS
+        ):
+            return
         taken: list[_Waiting] = []
         width = max((s.source_tokens for s in self._live), default=0)
         while self._waiting:

@@ -17,7 +17,7 @@ class ServeSettings:
     max_request_bytes: int = 1 << 20  # a request body's size
     max_beam_size: int = 16  # the largest beam_size a request may ask for
     max_batch_tokens: int | None = None  # source tokens decoded together; None: the run's
-    batching: str = "continuous"  # continuous: sentences join the decode under way; groups
+    batching: str = "groups"  # groups: gathered batches; continuous: join the decode under way
     batch_window_ms: float = 5.0  # groups: how long the first request of a batch waits
     workers: int = 1  # decodes (continuous) or batches (groups) at once, a thread each
     checkpoint: str = ""  # the checkpoint file, as /info reports it
