@@ -36,6 +36,7 @@ from torch import Tensor
 from transformer.config import DecodingConfig
 from transformer.data.batching import pad
 from transformer.decoding.search import (
+    BeamStep,
     Finished,
     Hypothesis,
     NonFiniteScoreError,
@@ -292,7 +293,7 @@ class ContinuousSearch:
         self._keep(keep, result)
         return results
 
-    def _keep(self, keep: list[int], result: object) -> None:
+    def _keep(self, keep: list[int], result: BeamStep | None) -> None:
         """Continue sentences `keep` (indices into the live list); the others leave.
 
         Greedy (`result` None): each kept row goes on as it is. Beam: each kept sentence's
@@ -310,10 +311,10 @@ class ContinuousSearch:
             tokens = self._tokens[rows]  # (N', T)
             self._log_prob = self._log_prob[rows]  # type: ignore[index]
         else:
-            rows = result.live_parent[keep_t].view(-1)  # type: ignore[attr-defined]  # (N',)
-            next_token = result.live_token[keep_t].view(-1, 1)  # type: ignore[attr-defined]
+            rows = result.live_parent[keep_t].view(-1)  # (N',)
+            next_token = result.live_token[keep_t].view(-1, 1)
             tokens = torch.cat([self._tokens[rows], next_token], dim=1)  # (N', T + 1)
-            self._log_prob = result.live_log_prob[keep_t]  # type: ignore[attr-defined]  # (n', K)
+            self._log_prob = result.live_log_prob[keep_t]  # (n', K)
         self._tokens, self._begin = tokens, self._begin[rows]
         self._cache.reorder(rows)
 

@@ -108,31 +108,15 @@ class KVCache:
             self.start = self.start.index_select(0, rows)
 
     def join(self, other: KVCache) -> None:
-        """Self-attention: put `other`'s rows after these, both left-padded with zero slots
-        to the longer length; the padded rows' positions begin after the padding.
-
-        Rows with no position yet (a sentence about to take its first step) are laid out by
-        the next `append`, which then copies the cache once rather than twice.
-        """
-        assert self.k is not None and self.v is not None
-        assert other.k is not None and other.v is not None
-        if other.length == 0:
-            start = torch.full((other.rows,), self.length, device=self.k.device)
-            self.start = torch.cat([self._starts(), start])
-            self.joining += other.rows
-            return
-        self._lay_out()
-        other._lay_out()
-        length = max(self.length, other.length)
-        starts, keys, values = [], [], []
-        for cache in (self, other):
-            pad = length - cache.length
-            starts.append(cache._starts() + pad)
-            keys.append(F.pad(cache.k, (0, 0, pad, 0)) if pad else cache.k)  # (rows, H, T, d_k)
-            values.append(F.pad(cache.v, (0, 0, pad, 0)) if pad else cache.v)
-        self.k, self.v = torch.cat(keys), torch.cat(values)
-        start = torch.cat(starts)
-        self.start = start if bool(start.any()) else None
+        """Self-attention: put the rows of `other`, which hold no position yet (sentences about
+        to take their first step), after these. Their positions begin at this cache's next
+        slot; the next `append` gives them zero slots before it, in the one copy it makes."""
+        assert self.k is not None and other.k is not None
+        if other.length:
+            raise ValueError("only rows that hold no position yet can join a decode under way")
+        start = torch.full((other.rows,), self.length, device=self.k.device)
+        self.start = torch.cat([self._starts(), start])
+        self.joining += other.rows
 
     def _starts(self) -> Tensor:
         """Each row's first slot (rows,), zeros when all begin at 0."""
@@ -141,17 +125,19 @@ class KVCache:
         device = self.k.device if self.k is not None else None
         return torch.zeros(self.rows, dtype=torch.long, device=device)
 
-    def trim(self) -> None:
-        """Self-attention: drop the leading slots that no row attends any more."""
+    def trim(self, unused: int | None = None, aligned: bool | None = None) -> None:
+        """Self-attention: drop the `unused` leading slots that no row attends any more;
+        `aligned`: every row then begins at slot 0. Both are worked out when not given
+        (`DecoderCache.trim` works them out once for all its layers)."""
         if self.start is None or self.k is None:
             return
         self._lay_out()
-        unused = int(self.start.min())
+        if unused is None or aligned is None:
+            unused = int(self.start.min())
+            aligned = bool((self.start == unused).all())
         if unused:
             self.k, self.v = self.k[:, :, unused:], self.v[:, :, unused:]
-            self.start = self.start - unused
-        if not bool(self.start.any()):
-            self.start = None
+        self.start = None if aligned else self.start - unused
 
 
 class DecoderCache:
@@ -193,13 +179,13 @@ class DecoderCache:
         return self.self_attn[0].rows
 
     def join(self, other: DecoderCache) -> None:
-        """Put the rows of `other` (a cache holding its source, see `Transformer.source_cache`)
-        after these rows, as continuous batching adds sentences to a decode under way.
+        """Put the rows of `other` (a cache holding its source and no target position yet,
+        see `Transformer.source_cache`) after these rows, as continuous batching adds
+        sentences to a decode under way.
 
         Both must give their sources the same number of rows (1 for greedy search, the beam
-        size for beam search). The self-attention slots are left-padded to the longer of the
-        two (`KVCache.join`); the sources are right-padded with masked zero keys to the
-        longer source.
+        size for beam search). The new rows' self-attention begins at this cache's next slot
+        (`KVCache.join`); the sources are right-padded with masked zero keys to the longer.
         """
         if self.rows == 0:  # nothing under way: take the other's rows as they are
             self.self_attn, self.cross_attn = other.self_attn, other.cross_attn
@@ -226,8 +212,12 @@ class DecoderCache:
     def trim(self) -> None:
         """Drop the self-attention slots no row attends, and the source positions no source
         has once they are a quarter of them (after the rows that needed them left)."""
-        for layer in self.self_attn:
-            layer.trim()
+        start = self.self_attn[0].start  # (N,) the same in every layer
+        if start is not None:
+            unused = int(start.min())
+            aligned = bool((start == unused).all())
+            for layer in self.self_attn:
+                layer.trim(unused, aligned)
         if self.source_mask is None or not self.holds_source:
             return
         used = int(self.source_mask.any(dim=0).flatten().nonzero().max()) + 1

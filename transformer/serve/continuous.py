@@ -87,7 +87,7 @@ class _Worker:
     def add(self, request: _Request) -> None:
         """Submit a request's lines to the decode of its settings (empty lines: answered)."""
         if request.future.done():  # its client went away while it was queued
-            self.batcher.answered(self, request, len(request.lines))
+            self.batcher.dropped(self, request)
             return
         translator = self.batcher.translator
         key = dataclasses.astuple(request.decoding)
@@ -209,7 +209,7 @@ class ContinuousBatcher:
         """Fail `request` with `error`, on the event loop."""
         self._call_soon(self._settle, worker, request, None, error)
 
-    def answered(self, worker: _Worker, request: _Request, lines: int) -> None:
+    def dropped(self, worker: _Worker, request: _Request) -> None:
         """A request dropped before decoding: forget its lines, on the event loop."""
         self._call_soon(self._settle, worker, request, None, None)
 
