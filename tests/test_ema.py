@@ -198,6 +198,22 @@ def test_ema_decay_0_trains_and_saves_exactly_as_without_the_setting(tmp_path) -
 
 
 @pytest.mark.usefixtures("single_thread")
+def test_the_average_leaves_training_alone_the_raw_weights_are_those_of_a_run_without_it(
+    tmp_path,
+) -> None:
+    """What makes one EMA run measure two recipes (docs/results.md): its trained weights,
+    step for step, are the run without the EMA's, and so are its optimizer and random state."""
+    plain = train(write_config(tmp_path, ema_decay=0.0, max_steps=9), tmp_path / "plain")
+    averaged = train(write_config(tmp_path, max_steps=9), tmp_path / "averaged")
+    for name in ("step_00000004.pt", "step_00000008.pt", "last.pt"):
+        without, with_ema = checkpoint(plain, name), checkpoint(averaged, name)
+        for key, tensor in without["model"].items():
+            assert torch.equal(with_ema["raw_model"][key], tensor), (name, key)
+        assert with_ema["step"] == without["step"]
+        assert torch.equal(with_ema["rng"]["torch"], without["rng"]["torch"])
+
+
+@pytest.mark.usefixtures("single_thread")
 def test_a_resumed_ema_run_ends_with_the_weights_and_average_of_an_uninterrupted_run(tmp_path):
     config = write_config(tmp_path, max_steps=14, eval_every=5)
     straight = train(config, tmp_path / "straight")
