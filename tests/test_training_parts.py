@@ -27,7 +27,8 @@ from transformer.model import Transformer
 from transformer.training.checkpoint import load_checkpoint
 from transformer.training.report import StepReport
 from transformer.training.retention import CheckpointRetention, link_checkpoint, step_file_name
-from transformer.training.trainer import Progress, Trainer
+from transformer.training.state import Progress
+from transformer.training.trainer import Trainer
 from transformer.training.validation import MetricsLog, ValidationResult, Validator
 
 CPU = torch.device("cpu")

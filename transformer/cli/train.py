@@ -43,8 +43,9 @@ from transformer.training.run import (
     prepare_data,
     resolve_model_config,
 )
+from transformer.training.state import Progress
 from transformer.training.tensorboard import summary_writer_class
-from transformer.training.trainer import Progress, StopRequest, Trainer
+from transformer.training.trainer import StopRequest, Trainer
 
 logger = logging.getLogger("transformer")
 

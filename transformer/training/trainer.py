@@ -1,30 +1,29 @@
-"""Training: the optimisation loop and its step, checkpoints of its state, and resumption.
+"""Training: the optimisation loop and its step, checkpointing and resumption.
 
-Validation lives in validation.py, which step files are kept in retention.py, the progress
-bar and log line in report.py; the loss in loss.py, the learning rate in schedule.py.
+What a checkpoint holds lives in state.py, validation in validation.py, which step files are
+kept in retention.py, the progress bar and log line in report.py; the loss in loss.py, the
+learning rate in schedule.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from transformer.config import Config, config_changes, config_to_dict
+from transformer.config import Config
 from transformer.data.batching import Batch, TokenBatchSampler
 from transformer.data.corpus import EncodedCorpus
 from transformer.data.sampling import SampledEpochs
 from transformer.data.special_ids import PAD_ID
 from transformer.data.tokenizer import TokenizerPair
-from transformer.errors import UserError
 from transformer.model import Transformer
 from transformer.runtime.device import autocast_dtype
 from transformer.training.checkpoint import (
@@ -40,41 +39,18 @@ from transformer.training.loss import TranslationLoss
 from transformer.training.report import StepReport
 from transformer.training.retention import CheckpointRetention
 from transformer.training.schedule import follows_the_clock, learning_rate
+from transformer.training.state import (
+    Progress,
+    limit_reached,
+    restore_training_state,
+    training_state,
+)
 from transformer.training.tensorboard import TensorBoardLog, validation_samples
 from transformer.training.validation import MetricsLog, ValidationResult, Validator, log_validation
 
 logger = logging.getLogger(__name__)
 
 DIVERGED = "diverged"
-
-
-@dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint to resume exactly."""
-
-    step: int = 0
-    epoch: int = 0
-    next_batch: int = 0
-    train_seconds: float = 0.0
-    best_metric: float | None = None
-    evals_without_improvement: int = 0
-    kept: list[list[Any]] = field(default_factory=list)  # [[metric, file name], ...]
-    skipped_steps: int = 0  # steps whose update was skipped: non-finite loss or gradient norm
-    bad_steps_in_a_row: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values only, as `torch.load(weights_only=True)` requires."""
-        return dataclasses.asdict(self)
-
-    def record_validation(self, metric: float) -> bool:
-        """Count a validation that scored `metric` (higher is better): whether it is the best."""
-        improved = self.best_metric is None or metric > self.best_metric
-        if improved:
-            self.best_metric = metric
-            self.evals_without_improvement = 0
-        else:
-            self.evals_without_improvement += 1
-        return improved
 
 
 @dataclass
@@ -280,14 +256,7 @@ class Trainer:
 
     def limit_reached(self) -> str | None:
         """Which of max_steps, max_epochs and max_time_minutes is reached, if any."""
-        cfg, progress = self.cfg, self.progress
-        if progress.step >= cfg.max_steps:
-            return f"reached training.max_steps ({cfg.max_steps})"
-        if progress.epoch >= cfg.max_epochs:
-            return f"reached training.max_epochs ({cfg.max_epochs})"
-        if 0 < cfg.max_time_minutes * 60 <= progress.train_seconds:
-            return f"reached training.max_time_minutes ({cfg.max_time_minutes:g})"
-        return None
+        return limit_reached(self.cfg, self.progress)
 
     def stop_requested(self) -> bool:
         """Whether to stop now; with several processes, all agree (every 10th step)."""
@@ -438,59 +407,23 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly where training stands.
-
-        "model" holds the weights that translation, evaluation, averaging and export read:
-        with training.ema_decay, the EMA weights, and the trained ones under "raw_model".
-        """
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        averaged = {}
-        if self.ema is not None:
-            averaged = {"raw_model": self.model.state_dict(), "ema": self.ema.extra_state()}
-        return {
-            "model": self.ema.state_dict() if self.ema else self.model.state_dict(),
-            **averaged,
-            "config": config_to_dict(self.config),
-            "step": self.progress.step,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "schedule": {"name": self.cfg.schedule, "step": self.progress.step},
-            "progress": self.progress.to_dict(),
-            "rng": rng,
-        }
+        """Everything needed to continue exactly where training stands (see `training_state`)."""
+        return training_state(
+            self.config,
+            self.model,
+            self.ema,
+            self.optimizer,
+            self.scaler,
+            self.progress,
+            self.device,
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore model, optimizer, scaler, progress and random-number states."""
-        saved_model = state.get("config", {}).get("model")
-        current = config_to_dict(self.config)["model"]
-        changes = config_changes(saved_model, current, "model") if saved_model else []
-        if changes:
-            raise UserError(
-                f"checkpoint holds another model than the run's config ({'; '.join(changes)}); "
-                "resume with the config it was trained with, or start a new run directory"
-            )
-        try:
-            # A run that averaged its weights trained on "raw_model" (see `state_dict`)
-            self.model.load_state_dict(state.get("raw_model", state["model"]))
-            if self.ema is not None and "raw_model" in state:
-                self.ema.load_state_dict(state["model"], int(state["ema"]["updates"]))
-            elif self.ema is not None:  # the average starts on resume: from these weights
-                self.ema = WeightAverage(self.model, self.cfg.ema_decay)
-            self.optimizer.load_state_dict(state["optimizer"])
-            if state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])
-            self.progress = Progress(**state["progress"])
-            torch.set_rng_state(state["rng"]["torch"].cpu())
-            if self.device.type == "cuda" and "cuda" in state["rng"]:
-                torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
-        except (KeyError, RuntimeError, ValueError, TypeError) as error:
-            reason = str(error).splitlines()[0][:200]
-            raise UserError(
-                f"checkpoint does not match this run ({reason}); resume with the run's own "
-                "config or start a new run directory"
-            ) from None
+        """Restore model, average, optimizer, scaler, progress and random-number states."""
+        parts = (self.config, self.model, self.ema, self.optimizer, self.scaler, self.device)
+        self.progress = restore_training_state(state, *parts)
+        if self.ema is not None and "raw_model" not in state:
+            self.ema = WeightAverage(self.model, self.cfg.ema_decay)  # from the restored weights
 
     def resume(self, path: Path) -> None:
         """Continue from a checkpoint written by `save`."""
