@@ -33,9 +33,10 @@ from transformer.config import (
     TokenizerConfig,
     load_config,
 )
+from transformer.data import samplers as samplers_module
 from transformer.data.corpus import EncodedCorpus, encode_corpus, load_corpus
 from transformer.data.samplers import SubwordSampler, sample_texts
-from transformer.data.sampling import SampledEpochs, sample_epoch
+from transformer.data.sampling import SampledEpochs, sample_epoch, warm_sampler
 from transformer.data.tokenizer import TokenizerPair, train_tokenizers
 from transformer.errors import UserError
 from transformer.training.checkpoint import load_checkpoint
@@ -119,6 +120,30 @@ def test_the_same_seed_and_epoch_give_the_same_segmentation(setup: Setup) -> Non
     assert ids(sampled(setup, 2)) == ids(again)
     assert ids(sampled(setup, 2), "tgt") == ids(again, "tgt")
     assert ids(sampled(setup, 2, seed=2)) != ids(again)
+
+
+@pytest.mark.parametrize("cache", [20, samplers_module.TABLE_CACHE])
+def test_a_warm_sampler_draws_what_a_new_one_draws(setup: Setup, monkeypatch, cache: int):
+    """Workers keep their sampler from chunk to chunk (`warm_sampler`); what it has cached,
+    full (20 words) or not, must not change a draw."""
+    monkeypatch.setattr(samplers_module, "TABLE_CACHE", cache)
+    sampling, proto = setup.config.sampling, setup.tokenizers.src.model_proto
+    texts = list(setup.best.src_texts)
+
+    def sampler() -> SubwordSampler:
+        return SubwordSampler(proto, setup.config.kind, sampling.alpha, sampling.nbest_size)
+
+    warm = sampler()
+    sample_texts(warm, texts[100:], 7, MAX_LENGTH)  # other words and draws first
+    for seed in (1, 2):
+        fresh = sample_texts(sampler(), texts[:100], seed, MAX_LENGTH)
+        again = sample_texts(warm, texts[:100], seed, MAX_LENGTH)
+        assert all(np.array_equal(a, b) for a, b in zip(fresh, again, strict=True))
+    assert len(warm._tables) <= cache
+    if setup.config.kind == "unigram":
+        assert len(warm._tables) == cache if cache == 20 else len(warm._tables) > 20
+    worker = warm_sampler(proto, setup.config.kind, sampling.alpha, sampling.nbest_size)
+    assert warm_sampler(proto, setup.config.kind, sampling.alpha, sampling.nbest_size) is worker
 
 
 def test_a_segmentation_is_the_same_in_another_process(setup: Setup, tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 import sentencepiece as spm
 
 UNK_PENALTY = 10.0  # SentencePiece's: an unknown character scores min score - 10
-TABLE_CACHE = 200_000  # words whose lattice a sampler keeps
+TABLE_CACHE = 50_000  # words whose lattice a sampler keeps (about 5 kB each): the first seen
 _WORD = re.compile("▁[^▁]*|[^▁]+")  # a word: from one "▁" to the next
 
 
@@ -92,9 +92,9 @@ class SubwordSampler:
         for word in _WORD.findall(normalized) if self._by_word else [normalized]:
             table = self._tables.get(word)
             if table is None:
-                if len(self._tables) >= TABLE_CACHE:
-                    self._tables.clear()
-                table = self._tables[word] = self._lattice(word)
+                table = self._lattice(word)
+                if len(self._tables) < TABLE_CACHE:  # mostly the frequent words: seen first
+                    self._tables[word] = table
             cut: list[int] = []
             end = len(word)
             while end > 0:
