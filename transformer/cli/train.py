@@ -115,11 +115,15 @@ def train(argv: list[str] | None = None) -> int:
     if stop.signum is not None:
         return _interrupted(stop.signum, progress.step, run_dir, context)
     if context.is_main:
-        best = progress.best_metric
-        summary = f"best validation BLEU {best:.2f}" if best is not None and best >= 0 else ""
+        best = progress.best_metric  # BLEU, or the negative loss without training.eval_bleu
+        summary = ""
+        if best is not None:
+            summary = f"; best validation BLEU {best:.2f}"
+            if not start.config.training.eval_bleu:
+                summary = f"; best validation loss {-best:.3f}"
         run_arg = shlex.quote(str(run_dir))
         sys.stderr.write(
-            f"done: {progress.step} steps; {summary}\n"
+            f"done: {progress.step} steps{summary}\n"
             f'translate with: transformer-translate --run {run_arg} --text "..."\n'
         )
     return 0
