@@ -116,11 +116,12 @@ def train(argv: list[str] | None = None) -> int:
         return _interrupted(stop.signum, progress.step, run_dir, context)
     if context.is_main:
         best = progress.best_metric  # BLEU, or the negative loss without training.eval_bleu
-        summary = ""
-        if best is not None:
+        if best is None:
+            summary = ""
+        elif start.config.training.eval_bleu:
             summary = f"; best validation BLEU {best:.2f}"
-            if not start.config.training.eval_bleu:
-                summary = f"; best validation loss {-best:.3f}"
+        else:
+            summary = f"; best validation loss {-best:.3f}"
         run_arg = shlex.quote(str(run_dir))
         sys.stderr.write(
             f"done: {progress.step} steps{summary}\n"

@@ -125,16 +125,14 @@ class KVCache:
         device = self.k.device if self.k is not None else None
         return torch.zeros(self.rows, dtype=torch.long, device=device)
 
-    def trim(self, unused: int | None = None, aligned: bool | None = None) -> None:
-        """Self-attention: drop the `unused` leading slots that no row attends any more;
-        `aligned`: every row then begins at slot 0. Both are worked out when not given
-        (`DecoderCache.trim` works them out once for all its layers)."""
+    def trim(self, slots: tuple[int, bool] | None = None) -> None:
+        """Self-attention: drop the leading slots that no row attends any more. `slots` is
+        `unused_slots(self.start)`, worked out here when not given (`DecoderCache.trim`
+        works it out once for all its layers)."""
         if self.start is None or self.k is None:
             return
         self._lay_out()
-        if unused is None or aligned is None:
-            unused = int(self.start.min())
-            aligned = bool((self.start == unused).all())
+        unused, aligned = slots if slots is not None else unused_slots(self.start)
         if unused:
             self.k, self.v = self.k[:, :, unused:], self.v[:, :, unused:]
         self.start = None if aligned else self.start - unused
@@ -214,10 +212,9 @@ class DecoderCache:
         has once they are a quarter of them (after the rows that needed them left)."""
         start = self.self_attn[0].start  # (N,) the same in every layer
         if start is not None:
-            unused = int(start.min())
-            aligned = bool((start == unused).all())
+            slots = unused_slots(start)
             for layer in self.self_attn:
-                layer.trim(unused, aligned)
+                layer.trim(slots)
         if self.source_mask is None or not self.holds_source:
             return
         used = int(self.source_mask.any(dim=0).flatten().nonzero().max()) + 1
@@ -266,6 +263,13 @@ class DecoderCache:
             layer.select(rows_to_keep)
         if self.source_mask is not None and self.source_mask.size(0) == sources:
             self.source_mask = self.source_mask.index_select(0, rows_to_keep)
+
+
+def unused_slots(start: Tensor) -> tuple[int, bool]:
+    """The leading self-attention slots no row attends (the least of the rows' `start` slots,
+    (N,)), and whether every row begins there (so that none needs a start after the trim)."""
+    unused = int(start.min())
+    return unused, bool((start == unused).all())
 
 
 def _pad_source(x: Tensor, length: int) -> Tensor:
